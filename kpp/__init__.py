@@ -1,0 +1,1 @@
+"""The `kpp` command line: one console script, one subcommand per job."""

@@ -1,0 +1,5 @@
+import sys
+
+from kpp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,70 @@
+"""`kpp`: one subcommand per job. Each stage registers its own subcommands from its
+package's `cli` module (`register(subparsers)`), so this file stays a table of contents."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from contracts.errors import KppError
+
+# (module, purpose shown in `kpp --help`); order is the order of the help text.
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "stack.cli",
+    "simulator.cli",
+    "producers.cli",
+    "streams.cli",
+    "sinks.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kpp",
+        description=(
+            "kube-proxy pipeline: scrape kube-proxy on every node, stream the samples through "
+            "Kafka, compute windowed rates, percentiles, health and the network-programming SLI, "
+            "and write them to a time-series store."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--log-level", default=os.environ.get("KPP_LOG_LEVEL", "INFO"),
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="log verbosity (env KPP_LOG_LEVEL, default INFO)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for module_name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # stage not built yet
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KppError as exc:
+        print(f"kpp {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
