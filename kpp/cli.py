@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.log_level != "DEBUG":
+        # Client libraries log every connection at INFO: noise for an operator.
+        for noisy in ("kafka", "aiokafka", "httpx", "httpcore"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except KppError as exc:

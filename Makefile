@@ -1,0 +1,46 @@
+# The two commands of the README: `make demo` and `make test`. Everything else is plumbing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+KPP    := $(BIN)/kpp
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench stack-up stack-down stack-status venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (found " + sys.version.split()[0] + ")")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+## demo: start the stack and the simulated nodes, run every pipeline stage, print a live summary
+demo: $(STAMP)
+	$(KPP) stack up
+	$(KPP) demo
+
+## test: start the stack, run the whole test suite, stop what this target started
+test: $(STAMP)
+	@if $(KPP) stack status >/dev/null 2>&1; then keep=1; fi; \
+	$(KPP) stack up || exit 1; \
+	status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
+	if [ -z "$$keep" ]; then $(KPP) stack down; fi; \
+	exit $$status
+
+## bench: run the benchmarks and keep the results in bench/RESULTS.md
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+stack-up: $(STAMP)
+	$(KPP) stack up
+
+stack-down: $(STAMP)
+	$(KPP) stack down
+
+stack-status: $(STAMP)
+	$(KPP) stack status
+
+clean: stack-down
+	rm -rf .kpp $(VENV)
