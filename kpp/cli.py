@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "producers.cli",
     "streams.cli",
     "sinks.cli",
+    "kpp.demo",
 )
 
 
@@ -58,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if args.log_level != "DEBUG":
-        # Client libraries log every connection at INFO: noise for an operator.
-        for noisy in ("kafka", "aiokafka", "httpx", "httpcore"):
+        # Client libraries log every connection at INFO and every failed reconnect at ERROR:
+        # a storm during an outage. Our stages log each outage once, when it starts and ends.
+        for noisy in ("httpx", "httpcore"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
     except KppError as exc:
