@@ -84,7 +84,10 @@ def resolve(options: Sequence[Option], args: argparse.Namespace, file_values: Ma
             if opt.repeated and not isinstance(value, list):
                 value = [value]
         if value is None:
-            result[opt.name] = opt.default
+            default = opt.default
+            # Defaults may be written as users write them ("256MiB"): convert like user input.
+            needs_kind = isinstance(default, str) and opt.kind is not str
+            result[opt.name] = _convert(opt, default, f"default of {opt.flag}") if needs_kind else default
             continue
         result[opt.name] = _convert(opt, value, source)
     return result

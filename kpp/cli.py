@@ -71,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: say so in one line; the traceback is for --log-level DEBUG
+        logging.getLogger("kpp").debug("internal error", exc_info=True)
+        print(f"kpp {args.command}: internal error: {type(exc).__name__}: {exc} "
+              "(run with --log-level DEBUG for the traceback, and please report it)", file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":

@@ -3,14 +3,17 @@ when it is not there they FAIL, never skip: a green run must mean the real thing
 
 from __future__ import annotations
 
+import shutil
 import socket
+import time
 import uuid
 from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer
 
 from contracts.kafka import KafkaConnection
-from stack.kafka import broker_answers_metadata
+from stack.kafka import KafkaService, broker_answers_metadata
 from stack.settings import StackSettings
 from stack.victoriametrics import VictoriaMetricsService
 
@@ -49,3 +52,53 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def consume(connection: KafkaConnection, topic: str, count: int, timeout: float = 30.0,
+            settle: float = 1.5) -> list[tuple[bytes, bytes]]:
+    """Read the topic from the start until `count` messages arrived (then `settle` seconds more,
+    to see duplicates) or `timeout`."""
+    consumer = KafkaConsumer(topic, **connection.kafka_python_kwargs(), auto_offset_reset="earliest",
+                             enable_auto_commit=False, group_id=None)
+    out: list[tuple[bytes, bytes]] = []
+    deadline = time.monotonic() + timeout
+    settle_until: float | None = None
+    try:
+        while time.monotonic() < deadline and (settle_until is None or time.monotonic() < settle_until):
+            for records in consumer.poll(timeout_ms=200).values():
+                out.extend((r.key, r.value) for r in records)
+            if settle_until is None and len(out) >= count:
+                settle_until = time.monotonic() + settle
+    finally:
+        consumer.close()
+    return out
+
+
+def wait_until(predicate, timeout: float) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.fixture
+def private_kafka(tmp_path: Path, stack_settings: StackSettings):  # noqa: ANN201
+    """A second, private Kafka with its own state folder and ports, stopped afterwards."""
+    settings = StackSettings.from_env({
+        "KPP_STATE_DIR": str(tmp_path / "state"),
+        "KPP_KAFKA_PORT": str(free_port()),
+        "KPP_KAFKA_CONTROLLER_PORT": str(free_port()),
+    })
+    service = KafkaService(settings)
+    # Reuse the main stack's resolved jars when it has them (saves a Maven run); the stamp
+    # makes ensure_jars() check them as usual.
+    main_libs = KafkaService(stack_settings).libs
+    if (main_libs / ".pom-sha256").is_file():
+        shutil.copytree(main_libs, service.libs)
+    service.up()
+    try:
+        yield service
+    finally:
+        service.down()

@@ -3,44 +3,21 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer
 
 from contracts.errors import ConfigError
 from contracts.kafka import KafkaConnection
 from producers.publish import Publisher
 from producers.spool import Spool
 from stack.kafka import KafkaService
-from stack.settings import StackSettings
-from tests.conftest import free_port
+from tests.conftest import consume, free_port, wait_until
 
 log = logging.getLogger(__name__)
-
-
-def consume(connection: KafkaConnection, topic: str, count: int, timeout: float = 30.0,
-            settle: float = 1.5) -> list[tuple[bytes, bytes]]:
-    """Read the topic from the start until `count` messages arrived (then `settle` seconds more,
-    to see duplicates) or `timeout`."""
-    consumer = KafkaConsumer(topic, **connection.kafka_python_kwargs(), auto_offset_reset="earliest",
-                             enable_auto_commit=False, group_id=None)
-    out: list[tuple[bytes, bytes]] = []
-    deadline = time.monotonic() + timeout
-    settle_until: float | None = None
-    try:
-        while time.monotonic() < deadline and (settle_until is None or time.monotonic() < settle_until):
-            for records in consumer.poll(timeout_ms=200).values():
-                out.extend((r.key, r.value) for r in records)
-            if settle_until is None and len(out) >= count:
-                settle_until = time.monotonic() + settle
-    finally:
-        consumer.close()
-    return out
 
 
 def assert_exactly_once_in_order(received: list[tuple[bytes, bytes]], expected: dict[bytes, int]) -> None:
@@ -53,15 +30,6 @@ def assert_exactly_once_in_order(received: list[tuple[bytes, bytes]], expected: 
     assert set(per_key) == set(expected)
     for key, n in expected.items():
         assert per_key[key] == list(range(n)), f"key {key!r}: {len(per_key[key])} received of {n}"
-
-
-def wait_until(predicate, timeout: float) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_500_records_for_10_keys_exactly_once_in_order(kafka: KafkaConnection, topic_name: str,
@@ -218,27 +186,6 @@ def test_failure_resends_from_the_first_failed_record_in_order(tmp_path: Path,
 
 
 # -- a real broker restart ------------------------------------------------------------------
-
-
-@pytest.fixture
-def private_kafka(tmp_path: Path, stack_settings: StackSettings):  # noqa: ANN201
-    """A second, private Kafka with its own state folder and ports, stopped afterwards."""
-    settings = StackSettings.from_env({
-        "KPP_STATE_DIR": str(tmp_path / "state"),
-        "KPP_KAFKA_PORT": str(free_port()),
-        "KPP_KAFKA_CONTROLLER_PORT": str(free_port()),
-    })
-    service = KafkaService(settings)
-    # Reuse the main stack's resolved jars when it has them (saves a Maven run); the stamp
-    # makes ensure_jars() check them as usual.
-    main_libs = KafkaService(stack_settings).libs
-    if (main_libs / ".pom-sha256").is_file():
-        shutil.copytree(main_libs, service.libs)
-    service.up()
-    try:
-        yield service
-    finally:
-        service.down()
 
 
 @pytest.mark.integration

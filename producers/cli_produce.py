@@ -1,0 +1,185 @@
+"""`kpp produce`: the per-node producer (run as a DaemonSet)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+
+from contracts.errors import ConfigError
+from contracts.kafka import KafkaConnection
+from contracts.options import Option, add_to, byte_size, load_toml, positive_float, resolve
+from contracts.topics import DEFAULT_PREFIX, Topics
+from producers.node import NodeProducer, NodeSettings
+from producers.parser import METRIC_TYPES
+from producers.scrape import DEFAULT_TARGET, TargetSettings
+from producers.select import DEFAULT_ALLOW, Selector, SelectionRules, parse_label_pairs
+from producers.selfmetrics import Counters, serve
+
+log = logging.getLogger("kpp.produce")
+
+OPTIONS = (
+    Option("target", "kube-proxy metrics URL to scrape; repeat for several", [DEFAULT_TARGET], "KPP_TARGETS",
+           repeated=True, metavar="URL"),
+    Option("node", "node name recorded with every scrape and used as the Kafka key",
+           None, "NODE_NAME", metavar="NAME"),
+    Option("cluster", "cluster name recorded with every scrape", "default", "KPP_CLUSTER", metavar="NAME"),
+    Option("interval", "seconds between scrapes; scrapes happen at multiples of it", 15.0,
+           "KPP_SCRAPE_INTERVAL", kind=positive_float, metavar="SECONDS"),
+    Option("timeout", "seconds a scrape may take", 10.0, "KPP_SCRAPE_TIMEOUT", kind=positive_float,
+           metavar="SECONDS"),
+    Option("max_body_bytes", "largest body accepted (decompressed); larger is a counted error", "16MiB",
+           "KPP_MAX_BODY_BYTES", kind=byte_size, metavar="SIZE"),
+    Option("ca_file", "CA bundle for https targets", None, "KPP_CA_FILE", metavar="FILE"),
+    Option("cert_file", "client certificate for https targets", None, "KPP_CERT_FILE", metavar="FILE"),
+    Option("key_file", "client key for https targets", None, "KPP_KEY_FILE", metavar="FILE"),
+    Option("insecure_skip_verify", "do not verify the target's certificate", False, "KPP_INSECURE_SKIP_VERIFY",
+           flag_only=True),
+    Option("bearer_token_file", "file with a bearer token, re-read when it changes (kube-rbac-proxy)",
+           None, "KPP_BEARER_TOKEN_FILE", metavar="FILE"),
+    Option("header", "extra request header NAME=VALUE; repeatable", [], "KPP_HEADERS", repeated=True,
+           metavar="NAME=VALUE"),
+    Option("unix_socket", "reach the target through this unix socket", None, "KPP_UNIX_SOCKET", metavar="PATH"),
+    Option("allow_family", "regex of families to publish; repeatable", list(DEFAULT_ALLOW),
+           "KPP_ALLOW_FAMILIES", repeated=True, metavar="REGEX"),
+    Option("deny_family", "regex of families to leave out; repeatable", [], "KPP_DENY_FAMILIES",
+           repeated=True, metavar="REGEX"),
+    Option("type", f"metric types to publish; repeatable ({', '.join(sorted(METRIC_TYPES))})",
+           sorted(METRIC_TYPES), "KPP_TYPES", repeated=True, metavar="TYPE"),
+    Option("drop_label", "label to remove from every sample; repeatable", [], "KPP_DROP_LABELS",
+           repeated=True, metavar="NAME"),
+    Option("rename_label", "rename a label OLD=NEW; repeatable", [], "KPP_RENAME_LABELS", repeated=True,
+           metavar="OLD=NEW"),
+    Option("label", "static label NAME=VALUE added to every scrape; repeatable", [], "KPP_LABELS",
+           repeated=True, metavar="NAME=VALUE"),
+    Option("topic_prefix", "prefix of the topic names (<prefix>.samples)", DEFAULT_PREFIX, "KPP_TOPIC_PREFIX",
+           metavar="PREFIX"),
+    Option("compression", "Kafka compression (lz4/zstd need the extras of the same name)", "gzip",
+           "KPP_COMPRESSION", choices=("gzip", "lz4", "zstd", "none")),
+    Option("spool_dir", "on-disk spool that holds scrapes while Kafka is away "
+           "(default $KPP_STATE_DIR/spool/<node>)", None, "KPP_SPOOL_DIR", metavar="DIR"),
+    Option("spool_max_bytes", "spool cap; past it the oldest scrapes are dropped and counted", "256MiB",
+           "KPP_SPOOL_MAX_BYTES", kind=byte_size, metavar="SIZE"),
+    Option("listen", "HOST:PORT of the producer's own /metrics and /healthz (empty: off)", "127.0.0.1:9811",
+           "KPP_LISTEN", metavar="HOST:PORT"),
+    Option("once", "scrape once, deliver, and exit (for cron jobs and checks)", False, None, flag_only=True),
+)
+
+DESCRIPTION = """\
+Scrape kube-proxy's /metrics on this node every interval, keep the kubeproxy_* families,
+and publish one message per scrape to <prefix>.samples (key = node name). Scrapes first go
+to an on-disk spool, so nothing is lost while Kafka is away; SIGTERM delivers what it can
+and the next start resumes the spool.
+
+Settings come from flags, then environment variables, then the TOML file given with
+--config (keys are the flag names with underscores), then defaults.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "produce", help="scrape kube-proxy on this node and publish every scrape to Kafka",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="FILE", default=os.environ.get("KPP_PRODUCE_CONFIG"),
+                        help="TOML file with settings (env KPP_PRODUCE_CONFIG)")
+    add_to(parser, OPTIONS, "producer")
+    KafkaConnection.add_cli_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def settings_from(args: argparse.Namespace) -> dict:
+    values = resolve(OPTIONS, args, load_toml(args.config))
+    values["node"] = values["node"] or socket.gethostname()
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    values = settings_from(args)
+    node = NodeSettings(node=values["node"], cluster=values["cluster"], interval_s=values["interval"],
+                        labels=parse_label_pairs(values["label"], "--label"))
+    headers = parse_label_pairs(values["header"], "--header")
+    targets = [
+        TargetSettings(url=url, timeout_s=values["timeout"], max_body_bytes=values["max_body_bytes"],
+                       ca_file=values["ca_file"], cert_file=values["cert_file"], key_file=values["key_file"],
+                       insecure_skip_verify=values["insecure_skip_verify"],
+                       bearer_token_file=values["bearer_token_file"], headers=headers,
+                       unix_socket=values["unix_socket"])
+        for url in values["target"]
+    ]
+    rules = SelectionRules(
+        allow_families=tuple(values["allow_family"]), deny_families=tuple(values["deny_family"]),
+        types=frozenset(values["type"]), drop_labels=frozenset(values["drop_label"]),
+        rename_labels=parse_label_pairs(values["rename_label"], "--rename-label"),
+    )
+    connection = KafkaConnection.from_sources(args)
+    topic = Topics(values["topic_prefix"]).samples
+    spool_dir = Path(values["spool_dir"] or Path(os.environ.get("KPP_STATE_DIR", ".kpp")) / "spool" / node.node)
+
+    from producers.publish import Publisher  # kafka-python loads only for this command
+    from producers.spool import Spool
+
+    counters = Counters()
+    spool = Spool(spool_dir, max_bytes=values["spool_max_bytes"])
+    publisher = Publisher(connection, topic, spool, compression_type=values["compression"],
+                          client_id=f"kpp-producer-{node.node}")
+    producer = NodeProducer(node, targets, Selector(rules), publisher, topic, counters)
+    _export_publisher_stats(counters, publisher)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = None
+    if values["listen"]:
+        server = serve(values["listen"], counters, lambda: _health(producer, publisher, node.interval_s))
+    log.info("producing node %s (cluster %s): %d target(s) every %g s to %s on %s; spool %s",
+             node.node, node.cluster, len(targets), node.interval_s, topic, connection.describe(), spool_dir)
+    publisher.start()
+    try:
+        producer.run(stop, once=values["once"])
+    finally:
+        log.info("stopping: delivering spooled scrapes (up to 10 s)")
+        publisher.stop(timeout=10.0)
+        producer.close()
+        if server is not None:
+            server.shutdown()
+        stats = publisher.stats
+        log.info("stopped: %d scrape(s) delivered, %d still spooled, %d dropped",
+                 stats.sent, stats.spool_depth, stats.dropped)
+    if values["once"] and publisher.stats.spool_depth:
+        raise ConfigError(f"{publisher.stats.spool_depth} scrape(s) could not be delivered to Kafka "
+                          f"({publisher.stats.last_error}); they stay in {spool_dir}")
+    return 0
+
+
+def _export_publisher_stats(counters: Counters, publisher) -> None:
+    counters.describe("kpp_producer_published_total", "counter", "Scrapes Kafka acknowledged.")
+    counters.describe("kpp_producer_publish_errors_total", "counter", "Failed Kafka sends (retried).")
+    counters.describe("kpp_producer_spool_depth", "gauge", "Scrapes in the spool, not yet acknowledged.")
+    counters.describe("kpp_producer_spool_dropped_total", "counter", "Scrapes dropped because the spool was full.")
+    counters.describe("kpp_producer_publish_latency_seconds", "gauge", "Last spool-to-ack latency.")
+    counters.describe("kpp_producer_kafka_connected", "gauge", "1 while Kafka accepts our sends.")
+
+    def collect(c: Counters) -> None:
+        stats = publisher.stats
+        c.set("kpp_producer_published_total", stats.sent)
+        c.set("kpp_producer_publish_errors_total", stats.send_errors)
+        c.set("kpp_producer_spool_depth", stats.spool_depth)
+        c.set("kpp_producer_spool_dropped_total", stats.dropped)
+        c.set("kpp_producer_publish_latency_seconds", stats.last_latency_s or 0.0)
+        c.set("kpp_producer_kafka_connected", 1 if stats.connected else 0)
+
+    counters.on_collect(collect)
+
+
+def _health(producer: NodeProducer, publisher, interval_s: float) -> tuple[bool, str]:
+    import time
+
+    last = producer.last_scrape_wall
+    if last is not None and time.time() - last > 3 * interval_s + 30:
+        return False, f"no scrape for {time.time() - last:.0f} s"
+    return True, f"ok: spool depth {publisher.stats.spool_depth}"
