@@ -45,6 +45,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from contracts.errors import KppError
+from contracts.records import Sample  # the one definition every stage shares
 
 __all__ = [
     "METRIC_TYPES",
@@ -58,15 +59,6 @@ __all__ = [
 ]
 
 METRIC_TYPES: frozenset[str] = frozenset({"counter", "gauge", "histogram", "summary", "untyped"})
-
-
-class Sample(NamedTuple):
-    """One sample line. `name` is the sample name as written (``foo_bucket``, ``foo_total``)."""
-
-    name: str
-    labels: dict[str, str]
-    value: float
-    timestamp_ms: int | None
 
 
 class ParseError(KppError):
