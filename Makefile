@@ -31,6 +31,7 @@ test: $(STAMP)
 
 ## bench: run the benchmarks and keep the results in bench/RESULTS.md
 bench: $(STAMP)
+	$(KPP) stack up
 	$(BIN)/python bench/run.py
 
 stack-up: $(STAMP)
