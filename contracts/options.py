@@ -41,7 +41,8 @@ def add_to(parser: argparse.ArgumentParser, options: Sequence[Option], title: st
         if opt.env:
             where.append(f"env {opt.env}")
         if opt.default not in (None, (), [], False, ""):
-            where.append(f"default {opt.default}")
+            shown = ", ".join(map(str, opt.default)) if isinstance(opt.default, (list, tuple)) else opt.default
+            where.append(f"default {shown}")
         help_text = opt.help + (f" ({', '.join(where)})" if where else "")
         if opt.flag_only:
             group.add_argument(opt.flag, dest=opt.name, action="store_true", default=None, help=help_text)
