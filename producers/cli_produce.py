@@ -18,7 +18,7 @@ from producers.node import NodeProducer, NodeSettings
 from producers.parser import METRIC_TYPES
 from producers.scrape import DEFAULT_TARGET, TargetSettings
 from producers.select import DEFAULT_ALLOW, Selector, SelectionRules, parse_label_pairs
-from producers.selfmetrics import Counters, serve
+from contracts.selfmetrics import Counters, serve
 
 log = logging.getLogger("kpp.produce")
 

@@ -14,7 +14,7 @@ from contracts.records import ScrapeRecord
 from producers.parser import ParseError, parse_families
 from producers.scrape import ScrapeOutcome, Scraper, TargetSettings
 from producers.select import Selector
-from producers.selfmetrics import Counters
+from contracts.selfmetrics import Counters
 
 log = logging.getLogger("kpp.produce")
 

@@ -1,6 +1,6 @@
-"""The producer's own /metrics and /healthz: scrapes by outcome and reason, bytes, parse
-errors, publish latency, spool depth and drops. A few counters do not justify a client
-library; the text is rendered by hand in the exposition format."""
+"""Self-observability shared by the long-running stages (producer, sink, stream worker):
+thread-safe counters and gauges, rendered by hand in the exposition format on /metrics,
+plus /healthz. A few counters do not justify a client library."""
 
 from __future__ import annotations
 

@@ -1,0 +1,164 @@
+"""Benchmark: points/s into VictoriaMetrics through the sink against a bare httpx import of
+the same points, in the same run.
+
+    python bench/bench_sinks.py [--records N] [--batch-points N] [--writers victoriametrics,...]
+
+Needs the local stack (`kpp stack up`: Kafka and VictoriaMetrics; or KAFKA_BOOTSTRAP/VM_URL).
+For every writer:
+- sink: derived records (4 values each, one null, so 3 points) are produced to a fresh topic
+  first (not timed); then a SinkLoop consumes them in a fresh group, decodes, names, encodes,
+  writes in batches and commits. Timed from the partition assignment until every offset is
+  committed.
+- bare: the same points, already encoded in the writer's protocol, POSTed with httpx in
+  batches of the same size: the floor the store itself sets (decode and encode excluded).
+- bare+encode: the same, encoding from the decoded DerivedRecord objects included.
+Every run writes under its own cluster label, so nothing is deduplicated away. Prints a
+markdown table; ratio = sink / bare (the target is >= 0.7 against bare+encode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.machine import describe  # noqa: E402
+from contracts.config import vm_url  # noqa: E402
+from contracts.derived import DerivedRecord  # noqa: E402
+from contracts.kafka import KafkaConnection  # noqa: E402
+from sinks.loop import LoopSettings, SinkLoop  # noqa: E402
+from sinks.series import derived_points  # noqa: E402
+from sinks.sink import Backoff, BatchingSink, BatchLimits  # noqa: E402
+from sinks.writers import WRITERS, WriterSettings  # noqa: E402
+
+
+def make_records(cluster: str, count: int) -> list[DerivedRecord]:
+    nodes = 100
+    end0 = 1_700_000_040_000
+    return [
+        DerivedRecord(kind="quantiles", scope="node", cluster=cluster, node=f"node-{i % nodes:03d}",
+                      window_start_ms=end0 + (i // nodes - 1) * 60_000, window_end_ms=end0 + (i // nodes) * 60_000,
+                      metric="sync_proxy_rules_duration_seconds", labels={"ip_family": "IPv4"},
+                      values={"p50": i * 0.001, "p99": i * 0.002 + 0.5, "count": float(i), "mean": None})
+        for i in range(count)
+    ]
+
+
+def produce(connection: KafkaConnection, topic: str, records: list[DerivedRecord]) -> None:
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(**connection.kafka_python_kwargs())
+    try:
+        admin.create_topics([NewTopic(topic, 4, 1)])
+    finally:
+        admin.close()
+    producer = KafkaProducer(**connection.kafka_python_kwargs(), acks="all", linger_ms=20,
+                             batch_size=512 * 1024)
+    for r in records:
+        producer.send(topic, key=r.key, value=r.encode())
+    producer.flush(timeout=120)
+    producer.close()
+
+
+def run_sink(connection: KafkaConnection, to: str, url: str, topic: str, count: int, batch_points: int) -> float:
+    writer = WRITERS[to](WriterSettings(url=url, timeout_s=30))
+    loop = SinkLoop(connection, writer, BatchingSink(writer, BatchLimits(max_points=batch_points, max_age_s=0.5,
+                                                                         max_bytes=64 * 1024 * 1024)),
+                    LoopSettings(topics=(topic,), group_id=f"bench-{uuid.uuid4().hex[:8]}",
+                                 dlq_topic=f"bench-dlq-{uuid.uuid4().hex[:8]}", max_poll_records=5000),
+                    backoff=Backoff())
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+    thread.start()
+    # Timed from the group's assignment on (joining the group is a one-off of a few 100 ms).
+    while loop._consumer is None or not loop._consumer.assignment():
+        time.sleep(0.001)
+    started = time.perf_counter()
+    while sum(loop.committed_offsets().values()) < count:
+        if not thread.is_alive():
+            raise SystemExit("the sink loop died")
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    stop.set()
+    thread.join(30)
+    writer.close()
+    return elapsed
+
+
+def run_bare(to: str, url: str, records: list[DerivedRecord], batch_points: int, encode_inside: bool) -> float:
+    writer = WRITERS[to](WriterSettings(url=url))
+    client = httpx.Client(timeout=30)
+    per_record = 3
+
+    def bodies_from(chunk: list[DerivedRecord]) -> bytes:
+        points = [p for r in chunk for p in derived_points(r)]
+        return writer.body([writer.encode(points)[0]])
+
+    chunk_records = max(1, batch_points // per_record)
+    chunks = [records[i:i + chunk_records] for i in range(0, len(records), chunk_records)]
+    prepared = None if encode_inside else [bodies_from(c) for c in chunks]
+    headers = writer._headers  # the same Content-Type/-Encoding the writer sends
+    started = time.perf_counter()
+    for i, chunk in enumerate(chunks):
+        body = bodies_from(chunk) if encode_inside else prepared[i]
+        response = client.post(writer.url, content=body, headers=headers)
+        response.raise_for_status()
+    elapsed = time.perf_counter() - started
+    client.close()
+    writer.close()
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=100_000, help="derived records per run (3 points each)")
+    parser.add_argument("--batch-points", type=int, default=20_000)
+    parser.add_argument("--writers", default="victoriametrics,remote-write,influx")
+    parser.add_argument("--out", type=Path, help="also write the markdown report to FILE")
+    args = parser.parse_args()
+    connection = KafkaConnection.from_env()
+    url = vm_url()
+    points = args.records * 3
+    rows = []
+    for to in args.writers.split(","):
+        tag = uuid.uuid4().hex[:8]
+        records = make_records(f"bench-sink-{tag}", args.records)
+        topic = f"bench.sinks.{tag}"
+        produce(connection, topic, records)
+        sink_s = run_sink(connection, to, url, topic, args.records, args.batch_points)
+        bare_s = run_bare(to, url, make_records(f"bench-bare-{tag}", args.records), args.batch_points, False)
+        bare_enc_s = run_bare(to, url, make_records(f"bench-bareenc-{tag}", args.records), args.batch_points, True)
+        rows.append((to, points / sink_s, points / bare_enc_s, points / bare_s))
+        print(f"{to}: sink {points / sink_s:,.0f} pts/s, bare+encode {points / bare_enc_s:,.0f}, "
+              f"bare {points / bare_s:,.0f}", file=sys.stderr)
+    report = [
+        "# Sink benchmark: points/s into VictoriaMetrics through `kpp sink` vs bare httpx",
+        "",
+        *describe(),
+        "",
+        f"{args.records:,} derived records = {points:,} points per run, batches of {args.batch_points:,} points.",
+        "",
+        "| writer | sink (Kafka → store, committed) pts/s | bare httpx + encode pts/s | bare httpx (pre-encoded) pts/s "
+        "| sink / bare+encode | sink / bare |",
+        "|---|---:|---:|---:|---:|---:|",
+        *(f"| {to} | {sink:,.0f} | {bare_enc:,.0f} | {bare:,.0f} | {sink / bare_enc:.2f} | {sink / bare:.2f} |"
+          for to, sink, bare_enc, bare in rows),
+    ]
+    text = "\n".join(report) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

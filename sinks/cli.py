@@ -1,0 +1,150 @@
+"""`kpp sink`: consume the derived topics (and, with --raw, the raw samples) and write them
+to VictoriaMetrics, a Prometheus remote-write receiver or an Influx line-protocol endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+
+from contracts.config import vm_url
+from contracts.errors import ConfigError
+from contracts.kafka import KafkaConnection
+from contracts.options import Option, add_to, byte_size, load_toml, positive_float, resolve
+from contracts.topics import DEFAULT_PREFIX, Topics
+from contracts.selfmetrics import Counters, serve
+from sinks.loop import LoopSettings, SinkLoop
+from sinks.series import parse_extra_labels
+from sinks.sink import Backoff, BatchingSink, BatchLimits
+from sinks.writers import WRITERS, WriterSettings
+
+log = logging.getLogger("kpp.sink")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+OPTIONS = (
+    Option("to", "store protocol", "victoriametrics", "KPP_SINK_TO", choices=tuple(WRITERS)),
+    Option("url", "store URL; a base URL gets the protocol's path (/api/v1/import/prometheus, "
+           "/api/v1/write, /write); default for victoriametrics: $VM_URL or http://127.0.0.1:8428",
+           None, "KPP_SINK_URL", metavar="URL"),
+    Option("topics", "topics to consume; repeatable (default: the five derived topics of the prefix)", [],
+           "KPP_SINK_TOPICS", repeated=True, metavar="TOPIC"),
+    Option("raw", "also write the raw kube-proxy samples of <prefix>.samples", False, "KPP_SINK_RAW",
+           flag_only=True),
+    Option("topic_prefix", "prefix of the topic names", DEFAULT_PREFIX, "KPP_TOPIC_PREFIX", metavar="PREFIX"),
+    Option("group", "Kafka consumer group (all sink processes of one store share it)", None,
+           "KPP_SINK_GROUP", metavar="GROUP"),
+    Option("dlq_topic", "dead-letter topic (default <prefix>.dlq)", None, "KPP_SINK_DLQ_TOPIC", metavar="TOPIC"),
+    Option("label", "extra label NAME=VALUE on every series; repeatable", [], "KPP_SINK_LABELS",
+           repeated=True, metavar="NAME=VALUE"),
+    Option("header", "extra HTTP header NAME=VALUE on every write (e.g. Authorization); repeatable", [],
+           "KPP_SINK_HEADERS", repeated=True, metavar="NAME=VALUE"),
+    Option("batch_points", "flush when this many points are buffered", 20000, "KPP_SINK_BATCH_POINTS",
+           kind=positive_int, metavar="N"),
+    Option("batch_bytes", "flush when the encoded batch reaches this size", "4MiB", "KPP_SINK_BATCH_BYTES",
+           kind=byte_size, metavar="SIZE"),
+    Option("batch_interval", "flush at least this often (seconds)", 1.0, "KPP_SINK_BATCH_INTERVAL",
+           kind=positive_float, metavar="SECONDS"),
+    Option("timeout", "HTTP timeout of one write (seconds)", 10.0, "KPP_SINK_TIMEOUT", kind=positive_float,
+           metavar="SECONDS"),
+    Option("max_backoff", "longest wait between retries while the store is away (seconds)", 15.0,
+           "KPP_SINK_MAX_BACKOFF", kind=positive_float, metavar="SECONDS"),
+    Option("ca_file", "CA bundle for an https store", None, "KPP_SINK_CA_FILE", metavar="FILE"),
+    Option("listen", "HOST:PORT of the sink's own /metrics and /healthz (empty: off)", "127.0.0.1:9812",
+           "KPP_SINK_LISTEN", metavar="HOST:PORT"),
+)
+
+DESCRIPTION = """\
+Consume the derived topics (<prefix>.rates, .quantiles, .gauges, .health, .slo) in a consumer
+group and write every value as a series kubeproxy:<metric>:<value> (timestamp = window end)
+to the store. Offsets are committed only after the store acknowledged a batch; while the
+store is away consumption pauses and writes are retried with backoff. Records the store
+rejects for good, and records that cannot be decoded, go to <prefix>.dlq with the reason.
+Run as many sink processes as partitions allow: they share the group.
+
+Settings come from flags, then environment variables, then the TOML file given with
+--config (keys are the flag names with underscores), then defaults.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sink", help="write the derived topics to VictoriaMetrics, remote write or Influx",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="FILE", default=os.environ.get("KPP_SINK_CONFIG"),
+                        help="TOML file with settings (env KPP_SINK_CONFIG)")
+    add_to(parser, OPTIONS, "sink")
+    KafkaConnection.add_cli_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def build(values: dict, connection: KafkaConnection, counters: Counters) -> SinkLoop:
+    writer_class = WRITERS[values["to"]]
+    url = values["url"] or (vm_url() if values["to"] == "victoriametrics" else None)
+    if not url:
+        raise ConfigError(f"--to {values['to']} needs --url (or KPP_SINK_URL)")
+    headers = {}
+    for pair in values["header"]:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--header {pair!r} is not NAME=VALUE")
+        headers[name.strip()] = value
+    writer = writer_class(WriterSettings(url=url, timeout_s=values["timeout"], headers=headers,
+                                         verify=values["ca_file"] or True))
+    topics = Topics(values["topic_prefix"])
+    names = list(values["topics"] or topics.derived())
+    raw_topic = None
+    if values["raw"]:
+        raw_topic = topics.samples
+        if raw_topic not in names:
+            names.append(raw_topic)
+    limits = BatchLimits(max_points=values["batch_points"], max_bytes=values["batch_bytes"],
+                         max_age_s=values["batch_interval"])
+    settings = LoopSettings(
+        topics=tuple(names), group_id=values["group"] or f"kpp-sink-{values['to']}",
+        dlq_topic=values["dlq_topic"] or topics.dlq, raw_topic=raw_topic,
+        extra_labels=parse_extra_labels(values["label"]),
+        client_id=f"kpp-sink-{socket.gethostname()}-{os.getpid()}",
+    )
+    return SinkLoop(connection, writer, BatchingSink(writer, limits), settings, counters,
+                    Backoff(cap_s=values["max_backoff"]))
+
+
+def run(args: argparse.Namespace) -> int:
+    values = resolve(OPTIONS, args, load_toml(args.config))
+    connection = KafkaConnection.from_sources(args)
+    counters = Counters()
+    loop = build(values, connection, counters)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = None
+    if values["listen"]:
+        server = serve(values["listen"], counters, lambda: _health(loop))
+    log.info("sink %s → %s: topics %s, group %s, Kafka %s", values["to"], loop.writer.url,
+             ", ".join(loop.settings.topics), loop.settings.group_id, connection.describe())
+    try:
+        loop.run(stop)
+    finally:
+        loop.writer.close()
+        if server is not None:
+            server.shutdown()
+    return 0
+
+
+def _health(loop: SinkLoop) -> tuple[bool, str]:
+    if loop.store_down:
+        return False, "store unavailable: consumption paused"
+    last = loop.last_flush_wall
+    return True, "ok" + (f": last flush {time.time() - last:.0f} s ago" if last else "")
