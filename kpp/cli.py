@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "producers.cli",
     "streams.cli",
     "sinks.cli",
+    "kpp.tail",
     "kpp.demo",
 )
 
