@@ -29,7 +29,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from producers.parser import clear_caches, parse
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.machine import cpu_model  # noqa: E402
+from producers.parser import clear_caches, parse  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_FIXTURES = REPO / "tests" / "fixtures" / "kube-proxy"
@@ -133,17 +136,6 @@ def _best_rate(samples: int, run: Callable[[], object], repeat: int, min_time: f
     return best
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5,
@@ -188,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "# Parser benchmark: producers.parser vs prometheus_client",
         "",
         f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {platform.platform()}, CPU {_cpu_model()} ({os.cpu_count()} logical CPUs), "
+        f"- machine: {platform.platform()}, CPU {cpu_model()} ({os.cpu_count()} logical CPUs), "
         f"load average {load}",
         f"- python: {platform.python_implementation()} {platform.python_version()}; "
         f"best of {args.repeat} runs, each >= {args.min_time}s",

@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from contracts.errors import ConfigError
+from contracts.kafka import KafkaConnection
+
+SOURCES_NOTE = """\
+Settings come from flags, then environment variables, then the TOML file given with
+--config (keys are the flag names with underscores), then defaults."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,23 @@ class Option:
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+
+def add_command(subparsers: argparse._SubParsersAction, name: str, *, help: str, description: str,
+                options: Sequence[Option], config_env: str) -> argparse.ArgumentParser:
+    """A long-running stage's subcommand: its options, `--config FILE` and the Kafka flags."""
+    parser = subparsers.add_parser(name, help=help, description=description.rstrip() + "\n\n" + SOURCES_NOTE,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE", default=os.environ.get(config_env),
+                        help=f"TOML file with settings (env {config_env})")
+    add_to(parser, options, name)
+    KafkaConnection.add_cli_arguments(parser)
+    return parser
+
+
+def resolve_command(options: Sequence[Option], args: argparse.Namespace) -> dict[str, Any]:
+    """The settings of a command built with `add_command`: flags > env > `--config` file > defaults."""
+    return resolve(options, args, load_toml(args.config))
 
 
 def add_to(parser: argparse.ArgumentParser, options: Sequence[Option], title: str | None = None) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from contracts.errors import ConfigError
 from contracts.kafka import KafkaConnection
-from contracts.options import Option, add_to, byte_size, load_toml, positive_float, resolve
+from contracts.options import Option, add_command, byte_size, positive_float, resolve_command
 from contracts.topics import DEFAULT_PREFIX, Topics
 from producers.node import NodeProducer, NodeSettings
 from producers.parser import METRIC_TYPES
@@ -74,26 +74,17 @@ Scrape kube-proxy's /metrics on this node every interval, keep the kubeproxy_* f
 and publish one message per scrape to <prefix>.samples (key = node name). Scrapes first go
 to an on-disk spool, so nothing is lost while Kafka is away; SIGTERM delivers what it can
 and the next start resumes the spool.
-
-Settings come from flags, then environment variables, then the TOML file given with
---config (keys are the flag names with underscores), then defaults.
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "produce", help="scrape kube-proxy on this node and publish every scrape to Kafka",
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", metavar="FILE", default=os.environ.get("KPP_PRODUCE_CONFIG"),
-                        help="TOML file with settings (env KPP_PRODUCE_CONFIG)")
-    add_to(parser, OPTIONS, "producer")
-    KafkaConnection.add_cli_arguments(parser)
+    parser = add_command(subparsers, "produce", help="scrape kube-proxy on this node and publish every scrape to Kafka",
+                         description=DESCRIPTION, options=OPTIONS, config_env="KPP_PRODUCE_CONFIG")
     parser.set_defaults(func=run)
 
 
 def settings_from(args: argparse.Namespace) -> dict:
-    values = resolve(OPTIONS, args, load_toml(args.config))
+    values = resolve_command(OPTIONS, args)
     values["node"] = values["node"] or socket.gethostname()
     return values
 
