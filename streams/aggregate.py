@@ -1,0 +1,234 @@
+"""Window partials → derived records (node and cluster scope), and the cluster merge.
+
+A node partial (see node_state.close_window) carries, for one node and one window, counter
+increases ("c"), histogram bucket deltas ("h": [buckets le→delta, count, sum]), gauge
+statistics ("g": [last, min, max]) and health facts. Cluster results merge the partials of
+all nodes — bucket deltas are summed by bound BEFORE any quantile is interpolated — in node
+order, so floating point sums are identical whatever order partials arrived in.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+from contracts.codec import float_from_json, float_to_json
+from contracts.derived import DerivedRecord
+from streams.config import StreamSettings, quantile_name
+from streams.node_state import NETPROG, le_from_key, split_sid
+from streams.quantiles import histogram_mean, histogram_quantile
+
+#: Counters whose increase is a restore failure (health: "restore_failures").
+RESTORE_FAILURES = (
+    "sync_proxy_rules_iptables_restore_failures_total",
+    "sync_proxy_rules_iptables_partial_restore_failures_total",
+    "sync_proxy_rules_nftables_sync_failures_total",
+)
+HEALTH_METRIC = "kube_proxy"
+SKIP_GAUGE_SUFFIX = "_timestamp_seconds"  # reported as health (seconds since last sync)
+
+
+def _f(value: Any) -> float:
+    return float_from_json(value)
+
+
+def quantile_values(buckets: dict[str, float], count: float, total: Any, quantiles: Iterable[float]) -> dict:
+    pairs = [(le_from_key(k), v) for k, v in buckets.items()]
+    values: dict[str, float | None] = {}
+    for q in quantiles:
+        values[quantile_name(q)] = histogram_quantile(q, pairs) if count > 0 else None
+    values["mean"] = histogram_mean(_f(total), count)
+    values["count"] = count
+    values["sum"] = _f(total) if count > 0 else 0.0
+    return values
+
+
+def _common(kind: str, scope: str, cluster: str, node: str | None, start: int, size: int, metric: str,
+            labels: dict, values: dict, contributors: dict) -> DerivedRecord:
+    return DerivedRecord(kind=kind, scope=scope, cluster=cluster, node=node, window_start_ms=start,
+                         window_end_ms=start + size, metric=metric, values=values, labels=labels,
+                         contributors=contributors)
+
+
+def data_records(scope: str, cluster: str, node: str | None, start: int, size: int, acc: dict,
+                 contributors: dict, settings: StreamSettings) -> list[DerivedRecord]:
+    """rates, quantiles and gauges of one window's accumulated data (node or merged)."""
+    size_s = size / 1000.0
+    out: list[DerivedRecord] = []
+    for series in sorted(acc["c"]):
+        inc = acc["c"][series]
+        metric, labels = split_sid(series)
+        out.append(_common("rates", scope, cluster, node, start, size, metric, labels,
+                           {"increase": inc, "rate": inc / size_s}, contributors))
+    for series in sorted(acc["h"]):
+        buckets, count, total = acc["h"][series]
+        metric, labels = split_sid(series)
+        out.append(_common("rates", scope, cluster, node, start, size, metric + "_count", labels,
+                           {"increase": count, "rate": count / size_s}, contributors))
+        out.append(_common("quantiles", scope, cluster, node, start, size, metric, labels,
+                           quantile_values(buckets, count, total, settings.quantiles), contributors))
+    for series in sorted(acc["g"]):
+        metric, labels = split_sid(series)
+        if metric.endswith(SKIP_GAUGE_SUFFIX):
+            continue
+        last, lo, hi = acc["g"][series]
+        out.append(_common("gauges", scope, cluster, node, start, size, metric, labels,
+                           {"last": _f(last), "min": _f(lo), "max": _f(hi)}, contributors))
+    return out
+
+
+def restore_failures(counters: dict[str, float]) -> float | None:
+    found = [v for s, v in counters.items() if s.partition("|")[0] in RESTORE_FAILURES]
+    return sum(found) if found else None
+
+
+def node_health(partial: dict, settings: StreamSettings) -> dict[str, float | None]:
+    last = partial["last"]
+    scrapes = partial["scrapes"]
+    present = scrapes > 0 and last is not None
+    up = last["up"] if present else None
+    stall = last["stall"] if present else None
+    return {
+        "up": up,
+        "missing": 0 if present else 1,
+        "down": 1 if present and not up else 0,
+        "no_kube_proxy_metrics": 1 if present and up and not last["kpm"] else 0,
+        "scrapes": scrapes,
+        "scrapes_failed": scrapes - partial["up"],
+        "duplicates": partial["dups"],
+        "seconds_since_last_sync": last["since_sync"] if present else None,
+        "stalled_for_s": stall,
+        "stalled": None if stall is None else (1 if stall > settings.stall_threshold_s else 0),
+        "restore_failures": restore_failures(partial["c"]),
+        "left": 1 if partial.get("left") else 0,
+    }
+
+
+def node_records(partial: dict, settings: StreamSettings) -> list[DerivedRecord]:
+    """Everything a closed node window publishes (health always; data when it had scrapes)."""
+    cluster, node, start, size = partial["cluster"], partial["node"], partial["start_ms"], partial["size_ms"]
+    contributors = {"scrapes": partial["scrapes"], "nodes": 1 if partial["scrapes"] else 0}
+    out = data_records("node", cluster, node, start, size, partial, contributors, settings)
+    out.append(_common("health", "node", cluster, node, start, size, HEALTH_METRIC, {},
+                       node_health(partial, settings), contributors))
+    if "slo" in partial:
+        out.append(slo_record("node", cluster, node, start + size, partial["slo"], settings,
+                              contributors))
+    return out
+
+
+def merge(partials: list[dict], settings: StreamSettings) -> dict:
+    """Merge node partials of one cluster window, in node order (deterministic sums)."""
+    acc: dict[str, Any] = {"c": {}, "h": {}, "g": {}}
+    health = {"nodes": 0, "nodes_up": 0, "nodes_down": 0, "nodes_missing": 0, "nodes_no_kube_proxy_metrics": 0,
+              "nodes_stalled": 0, "nodes_left": 0, "scrapes": 0, "scrapes_failed": 0, "duplicates": 0,
+              "max_seconds_since_last_sync": None, "max_stalled_for_s": None, "restore_failures": None}
+    present = 0
+    for partial in sorted(partials, key=lambda p: p["node"]):
+        for series, inc in sorted(partial["c"].items()):
+            acc["c"][series] = acc["c"].get(series, 0.0) + inc
+        for series, (buckets, count, total) in sorted(partial["h"].items()):
+            h = acc["h"].get(series)
+            if h is None:
+                h = acc["h"][series] = [{}, 0.0, 0.0]
+            for le in sorted(buckets, key=le_from_key):
+                h[0][le] = h[0].get(le, 0.0) + buckets[le]
+            h[1] += count
+            h[2] = float_to_json(_f(h[2]) + _f(total))
+        for series, (last, lo, hi) in sorted(partial["g"].items()):
+            g = acc["g"].get(series)
+            if g is None:
+                acc["g"][series] = [last, lo, hi]
+            else:
+                g[0] = float_to_json(_f(g[0]) + _f(last))
+                g[1] = float_to_json(_nan_min(_f(g[1]), _f(lo)))
+                g[2] = float_to_json(_nan_max(_f(g[2]), _f(hi)))
+        h = node_health(partial, settings)
+        health["nodes"] += 1
+        present += 1 if partial["scrapes"] else 0
+        health["nodes_up"] += 1 if h["up"] == 1 and not h["no_kube_proxy_metrics"] else 0
+        health["nodes_down"] += h["down"]
+        health["nodes_missing"] += h["missing"]
+        health["nodes_no_kube_proxy_metrics"] += h["no_kube_proxy_metrics"]
+        health["nodes_stalled"] += 1 if h["stalled"] else 0
+        health["nodes_left"] += h["left"]
+        health["scrapes"] += h["scrapes"]
+        health["scrapes_failed"] += h["scrapes_failed"]
+        health["duplicates"] += h["duplicates"]
+        for key, src in (("max_seconds_since_last_sync", "seconds_since_last_sync"),
+                         ("max_stalled_for_s", "stalled_for_s")):
+            if h[src] is not None:
+                health[key] = h[src] if health[key] is None else max(health[key], h[src])
+        if h["restore_failures"] is not None:
+            health["restore_failures"] = (health["restore_failures"] or 0.0) + h["restore_failures"]
+    acc["health"] = health
+    acc["present"] = present
+    return acc
+
+
+def _nan_min(a: float, b: float) -> float:
+    return b if math.isnan(a) else a if math.isnan(b) else min(a, b)
+
+
+def _nan_max(a: float, b: float) -> float:
+    return b if math.isnan(a) else a if math.isnan(b) else max(a, b)
+
+
+def cluster_records(cluster: str, size: int, start: int, merged: dict, settings: StreamSettings,
+                    slo_history: list | None = None) -> list[DerivedRecord]:
+    contributors = {"nodes": merged["present"], "members": merged["health"]["nodes"],
+                    "scrapes": merged["health"]["scrapes"]}
+    out = data_records("cluster", cluster, None, start, size, merged, contributors, settings)
+    out.append(_common("health", "cluster", cluster, None, start, size, HEALTH_METRIC, {},
+                       merged["health"], contributors))
+    if slo_history is not None:
+        out.append(slo_record("cluster", cluster, None, start + size, slo_history, settings, contributors))
+    return out
+
+
+def pooled(history: list) -> tuple[dict[str, float], float]:
+    total: dict[str, float] = {}
+    count = 0.0
+    for _start, buckets, c in history:
+        for le in sorted(buckets, key=le_from_key):
+            total[le] = total.get(le, 0.0) + buckets[le]
+        count += c
+    return total, count
+
+
+def slo_record(scope: str, cluster: str, node: str | None, end: int, history: list,
+               settings: StreamSettings, contributors: dict) -> DerivedRecord:
+    """The network-programming SLI over the rolling SLO window ending at `end`.
+
+    history: [[step window start, pooled bucket deltas, count], ...] of the step windows in
+    [end − slo_window, end). Values: the pooled p99 (`sli`), `threshold_s`, `within` (1 when
+    sli ≤ threshold, null without observations), `share_within` (fraction of step windows
+    with observations whose own pooled p99 ≤ threshold), `count`, `windows`,
+    `windows_with_data`.
+    """
+    q = settings.slo_quantile
+    buckets, count = pooled(history)
+    sli = histogram_quantile(q, [(le_from_key(k), v) for k, v in buckets.items()]) if count > 0 else None
+    per_window = []
+    for _start, b, c in history:
+        if c > 0:
+            per_window.append(histogram_quantile(q, [(le_from_key(k), v) for k, v in b.items()]))
+    within_windows = sum(1 for p in per_window if p <= settings.slo_threshold_s)
+    values = {
+        quantile_name(q): sli,
+        "threshold_s": settings.slo_threshold_s,
+        "within": None if sli is None else (1 if sli <= settings.slo_threshold_s else 0),
+        "share_within": within_windows / len(per_window) if per_window else None,
+        "count": count,
+        "windows": len(history),
+        "windows_with_data": len(per_window),
+    }
+    span = settings.slo_window_s * 1000
+    return DerivedRecord(kind="slo", scope=scope, cluster=cluster, node=node, window_start_ms=end - span,
+                         window_end_ms=end, metric=NETPROG, values=values, labels={},
+                         contributors=contributors)
+
+
+def sort_records(records: list[DerivedRecord]) -> list[DerivedRecord]:
+    return sorted(records, key=lambda r: (r.window_end_ms, r.kind, r.scope, r.node or "", r.metric,
+                                          sorted(r.labels.items()), r.window_start_ms))

@@ -1,0 +1,390 @@
+"""Per-node processing, framework-free: previous node state + one ScrapeRecord → new state
+and the window partials it contributes to.
+
+State is a plain JSON-able dict (what the changelog-backed table stores, encoded with
+orjson), kept compact:
+
+    {"cluster": str, "node": str,
+     "off": last processed input offset (replays after a restart are recognised by it),
+     "ts": scrape_ts_ms of the last processed scrape (dedupe / order),
+     "seen": scrape_ts_ms of the last scrape of any kind,
+     "first": {size_ms: start of the first window the node takes part in},
+     "cb": {series id: counter baseline}, "hb": {series id: histogram baseline},
+     "win": {size_ms: {start_ms: open partial}},
+     "slo": [[start_ms, {le: count}, count], ...]   # last step windows, for the rolling SLI}
+
+A series id is `metric|{"label":"value"}` (sorted JSON labels): a hashable string that
+survives JSON. Metric names drop the `kubeproxy_` prefix; the legacy
+`sync_proxy_rules_latency_microseconds` histogram becomes `sync_proxy_rules_duration_seconds`
+in seconds (its bounds convert exactly).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+
+from contracts.codec import float_from_json, float_to_json
+from contracts.records import ScrapeRecord
+from streams.config import StreamSettings
+from streams.deltas import MICROSECONDS, HistogramSnapshot, counter_delta, histogram_delta, to_seconds
+from streams.quantiles import parse_le
+from streams.windows import window_start
+
+PREFIX = "kubeproxy_"
+LEGACY = {"kubeproxy_sync_proxy_rules_latency_microseconds": ("sync_proxy_rules_duration_seconds", MICROSECONDS)}
+LAST_SYNC = "sync_proxy_rules_last_timestamp_seconds"
+LAST_QUEUED = "sync_proxy_rules_last_queued_timestamp_seconds"
+NETPROG = "network_programming_duration_seconds"
+
+
+# -- series ids ---------------------------------------------------------------------------
+
+def sid(metric: str, labels: dict[str, str]) -> str:
+    if not labels:
+        return metric + "|{}"
+    return metric + "|" + orjson.dumps(labels, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def split_sid(series: str) -> tuple[str, dict[str, str]]:
+    metric, _, labels = series.partition("|")
+    return metric, orjson.loads(labels)
+
+
+def metric_name(family: str) -> tuple[str, float]:
+    """Output metric name and unit scale of a kube-proxy family."""
+    legacy = LEGACY.get(family)
+    if legacy:
+        return legacy
+    return (family[len(PREFIX):] if family.startswith(PREFIX) else family), 1.0
+
+
+# -- one scrape, grouped ------------------------------------------------------------------
+
+class Scrape:
+    """A scrape's samples grouped by kind: counters, gauges, histograms (by series id)."""
+
+    __slots__ = ("counters", "gauges", "hists")
+
+    def __init__(self) -> None:
+        self.counters: dict[str, float] = {}
+        self.gauges: dict[str, float] = {}
+        self.hists: dict[str, HistogramSnapshot] = {}
+
+
+_CLASS_CACHE: dict[str, tuple] = {}
+_LE_CACHE: dict[str, float] = {}
+_EMPTY = "|{}"
+
+
+def _le(text: str) -> float | None:
+    le = _LE_CACHE.get(text)
+    if le is None:
+        try:
+            le = parse_le(text)
+        except ValueError:
+            return None
+        if len(_LE_CACHE) < 100_000:
+            _LE_CACHE[text] = le
+    return le
+
+
+def _info(name: str, fams) -> tuple:
+    """(kind, family, part, metric, scale) of a sample name; cached, re-checked cheaply."""
+    info = _CLASS_CACHE.get(name)
+    if info is not None and fams.get(info[1]) == info[5]:
+        return info
+    kind, family, part = _classify(name, fams)
+    metric, scale = metric_name(family) if kind else ("", 1.0)
+    info = (kind, family, part, metric, scale, fams.get(family))
+    if len(_CLASS_CACHE) < 10_000:
+        _CLASS_CACHE[name] = info
+    return info
+
+
+def group_samples(record: ScrapeRecord) -> Scrape:
+    fams = record.families
+    out = Scrape()
+    raw_hists: dict[str, list] = {}  # sid -> [buckets, count, sum, scale]
+    counters, gauges = out.counters, out.gauges
+    for sample in record.samples:
+        kind, family, part, metric, scale, _t = _info(sample.name, fams)
+        if not kind:
+            continue
+        labels = sample.labels
+        if kind == "counter":
+            counters[metric + _EMPTY if not labels else sid(metric, labels)] = sample.value
+        elif kind == "gauge":
+            gauges[metric + _EMPTY if not labels else sid(metric, labels)] = sample.value
+        else:
+            if part == "b":
+                le_text = labels.get("le")
+                if le_text is None:
+                    continue
+                le = _le(le_text)
+                if le is None:
+                    continue
+                if len(labels) == 1:
+                    series = metric + _EMPTY
+                else:
+                    rest = dict(labels)
+                    del rest["le"]
+                    series = sid(metric, rest)
+            else:
+                series = metric + _EMPTY if not labels else sid(metric, labels)
+            entry = raw_hists.get(series)
+            if entry is None:
+                entry = raw_hists[series] = [{}, None, math.nan, scale]
+            if part == "b":
+                entry[0][le] = sample.value
+            elif part == "c":
+                entry[1] = sample.value
+            else:
+                entry[2] = sample.value
+    for series, (buckets, count, total, scale) in raw_hists.items():
+        if math.inf not in buckets:
+            continue  # no +Inf bucket: not a usable classic histogram
+        snap = HistogramSnapshot(buckets, buckets[math.inf] if count is None else count, total)
+        out.hists[series] = to_seconds(snap, scale) if scale != 1.0 else snap
+    return out
+
+
+def _classify(name: str, fams) -> tuple[str, str, str]:
+    kind = fams.get(name)
+    if kind in ("counter", "gauge"):
+        return kind, name, ""
+    for suffix, part in (("_bucket", "b"), ("_count", "c"), ("_sum", "s")):
+        if name.endswith(suffix) and fams.get(name[: -len(suffix)]) == "histogram":
+            return "histogram", name[: -len(suffix)], part
+    if name.endswith("_total") and fams.get(name[:-6]) == "counter":  # OpenMetrics family names
+        return "counter", name[:-6], ""
+    return "", "", ""
+
+
+# -- histogram baselines as JSON ----------------------------------------------------------
+
+def snap_to_json(snap: HistogramSnapshot) -> list:
+    les = sorted(snap.buckets)
+    return [[float_to_json(le) for le in les], [snap.buckets[le] for le in les], snap.count, float_to_json(snap.sum)]
+
+
+def snap_from_json(obj: list) -> HistogramSnapshot:
+    les, counts, count, total = obj
+    cache = _LE_JSON
+    keys = []
+    for le in les:
+        f = cache.get(le) if isinstance(le, str) else le
+        keys.append(float_from_json(le) if f is None else f)
+    return HistogramSnapshot(dict(zip(keys, counts)), count, float_from_json(total))
+
+
+_LE_JSON = {"+Inf": math.inf}
+
+
+_LE_KEYS: dict[float, str] = {}
+
+
+def le_key(le: float) -> str:
+    key = _LE_KEYS.get(le)
+    if key is None:
+        key = "+Inf" if le == math.inf else repr(le)
+        if len(_LE_KEYS) < 100_000:
+            _LE_KEYS[le] = key
+    return key
+
+
+def le_from_key(key: str) -> float:
+    return math.inf if key == "+Inf" else float(key)
+
+
+# -- state --------------------------------------------------------------------------------
+
+def new_state(record: ScrapeRecord) -> dict[str, Any]:
+    return {"cluster": record.cluster, "node": record.node, "off": -1, "ts": None, "seen": None,
+            "first": {}, "cb": {}, "hb": {}, "win": {}, "slo": []}
+
+
+def new_partial() -> dict[str, Any]:
+    return {"scrapes": 0, "up": 0, "dups": 0, "last": None, "c": {}, "h": {}, "g": {}}
+
+
+def windows_of(ts_ms: int, settings: StreamSettings) -> list[tuple[int, int]]:
+    """(size_ms, start_ms) of every window size for an event time."""
+    return [(size, window_start(ts_ms, size)) for size in settings.sizes_ms]
+
+
+def open_partial(state: dict, size: int, start: int) -> dict:
+    per_size = state["win"].setdefault(str(size), {})
+    partial = per_size.get(str(start))
+    if partial is None:
+        partial = per_size[str(start)] = new_partial()
+        state["first"].setdefault(str(size), start)
+    return partial
+
+
+def count_duplicate(state: dict, ts_ms: int, settings: StreamSettings) -> None:
+    """A scrape not newer than the last processed one (re-delivery or out of order): counted
+    in the open window it falls in, if that window is still open for the node."""
+    for size, start in windows_of(ts_ms, settings):
+        partial = state["win"].get(str(size), {}).get(str(start))
+        if partial is not None:
+            partial["dups"] += 1
+
+
+def apply_scrape(state: dict, record: ScrapeRecord, settings: StreamSettings) -> None:
+    """Fold one new scrape (newer than state["ts"], windows open) into the node state."""
+    ts = record.scrape_ts_ms
+    targets = [open_partial(state, size, start) for size, start in windows_of(ts, settings)]
+    state["ts"] = ts
+    state["seen"] = ts
+    last: dict[str, Any] = {"ts": ts, "up": record.up, "kpm": 1 if record.kube_proxy_metrics else 0,
+                            "since_sync": None, "stall": None}
+    for partial in targets:
+        partial["scrapes"] += 1
+        partial["up"] += 1 if record.up else 0
+        partial["last"] = last
+    if not record.up or not record.kube_proxy_metrics:
+        return  # keep the baselines: the next good scrape's delta covers the gap
+    scrape = group_samples(record)
+
+    # counters: Prometheus reset rule, per series; series gone from the scrape are forgotten
+    old_cb = state["cb"]
+    new_cb: dict[str, float] = {}
+    for series, value in scrape.counters.items():
+        prev = old_cb.get(series)
+        inc = counter_delta(prev, value)
+        if math.isfinite(value):
+            new_cb[series] = value
+        elif prev is not None:
+            new_cb[series] = prev
+        for partial in targets:
+            c = partial["c"]
+            c[series] = c.get(series, 0.0) + inc
+    state["cb"] = new_cb
+
+    old_hb = state["hb"]
+    new_hb: dict[str, list] = {}
+    for series, snap in scrape.hists.items():
+        prev_json = old_hb.get(series)
+        prev = snap_from_json(prev_json) if prev_json is not None else None
+        delta = histogram_delta(prev, snap)
+        if delta.baseline is not None:
+            new_hb[series] = prev_json if delta.baseline is prev else snap_to_json(delta.baseline)
+        bucket_keys = [(le_key(le), d) for le, d in delta.buckets.items()]
+        dsum = delta.sum
+        for partial in targets:
+            h = partial["h"].get(series)
+            if h is None:
+                h = partial["h"][series] = [{}, 0.0, 0.0]
+            buckets = h[0]
+            get = buckets.get
+            for k, d in bucket_keys:
+                buckets[k] = get(k, 0.0) + d
+            h[1] += delta.count
+            h[2] = float_to_json(float_from_json(h[2]) + dsum)
+    state["hb"] = new_hb
+
+    for series, value in scrape.gauges.items():
+        for partial in targets:
+            g = partial["g"].get(series)
+            v = float_to_json(value)
+            if g is None:
+                partial["g"][series] = [v, v, v]
+            else:
+                g[0] = v
+                if math.isfinite(value):
+                    lo, hi = float_from_json(g[1]), float_from_json(g[2])
+                    g[1] = v if not math.isfinite(lo) or value < lo else g[1]
+                    g[2] = v if not math.isfinite(hi) or value > hi else g[2]
+    last["since_sync"], last["stall"] = sync_health(scrape.gauges, ts)
+
+
+def sync_health(gauges: dict[str, float], ts_ms: int) -> tuple[float | None, float | None]:
+    """Seconds since the last successful sync (scrape time − last_timestamp, the oldest
+    series counts), and how long a queued change has waited for a sync (scrape time −
+    last_timestamp while last_queued > last_timestamp; 0 when nothing waits)."""
+    now = ts_ms / 1000.0
+    synced: dict[str, float] = {}
+    queued: dict[str, float] = {}
+    for series, value in gauges.items():
+        metric, _, labels = series.partition("|")
+        if metric == LAST_SYNC and math.isfinite(value):
+            synced[labels] = value
+        elif metric == LAST_QUEUED and math.isfinite(value):
+            queued[labels] = value
+    if not synced:
+        return None, None
+    since = round(max(now - v for v in synced.values()), 6)
+    stall = 0.0
+    if queued:
+        for labels, s in synced.items():
+            q = queued.get(labels)
+            if q is not None and q > s:
+                stall = max(stall, now - s)
+    return since, round(stall, 6)
+
+
+# -- closing ------------------------------------------------------------------------------
+
+def close_window(state: dict, size: int, start: int, settings: StreamSettings) -> dict | None:
+    """Take the node's partial of window (size, start) out of the state, as the message the
+    cluster stage receives. None when the node did not exist yet at that window. A node with
+    no scrape in the window gets a "missing" partial; one missing for `node_gone_after` gets
+    `left` = True and the caller forgets it."""
+    first = state["first"].get(str(size))
+    if first is None or start < first:
+        return None
+    per_size = state["win"].get(str(size), {})
+    partial = per_size.pop(str(start), None)
+    # Drop anything older (cannot happen in order, but keeps the state bounded).
+    for key in [k for k in per_size if int(k) < start]:
+        del per_size[key]
+    end = start + size
+    if partial is None:
+        partial = new_partial()
+    seen = state["seen"]
+    left = partial["scrapes"] == 0 and seen is not None and end - seen >= settings.node_gone_after_ms
+    out = {"cluster": state["cluster"], "node": state["node"], "size_ms": size, "start_ms": start,
+           "status": "present" if partial["scrapes"] else "missing", "left": left, **partial}
+    if size == settings.step_s * 1000:
+        out["slo"] = _roll_slo(state, start, end, partial, settings)
+    return out
+
+
+def is_gone(partial: dict) -> bool:
+    return bool(partial.get("left"))
+
+
+def _roll_slo(state: dict, start: int, end: int, partial: dict, settings: StreamSettings) -> list:
+    """Keep this step window's pooled network-programming buckets in the node's rolling SLO
+    history; return the history covering [end − slo_window, end)."""
+    pooled, count = pooled_netprog(partial)
+    history = [h for h in state["slo"] if h[0] >= end - settings.slo_window_s * 1000]
+    history.append([start, pooled, count])
+    state["slo"] = history
+    return history
+
+
+def pooled_netprog(partial: dict) -> tuple[dict[str, float], float]:
+    """network_programming bucket deltas of a partial, summed over all its series."""
+    pooled: dict[str, float] = {}
+    count = 0.0
+    for series, (buckets, c, _s) in sorted(partial["h"].items()):
+        if series.partition("|")[0] != NETPROG:
+            continue
+        for le, d in buckets.items():
+            pooled[le] = pooled.get(le, 0.0) + d
+        count += c
+    return pooled, count
+
+
+def forget_old_windows(state: dict, closed_through: dict[str, int]) -> None:
+    """Drop partials of windows the partition already closed (restored or odd states)."""
+    for size, per_size in state["win"].items():
+        through = closed_through.get(size)
+        if through is None:
+            continue
+        for key in [k for k in per_size if int(k) + int(size) <= through]:
+            del per_size[key]
