@@ -19,6 +19,7 @@ from pathlib import Path
 
 from contracts.codec import DecodeError
 from contracts.config import vm_url
+from contracts.derived import DerivedRecord
 from contracts.errors import KppError
 from contracts.kafka import KafkaConnection
 from contracts.records import ScrapeRecord
@@ -75,7 +76,8 @@ class Children:
 
 
 class Tally:
-    """Counts scrapes per node from the samples topic, for the live summary."""
+    """What the live summary shows: scrapes per node from the samples topic, the latest
+    per-node sync p99 and the cluster SLI from the derived topics."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -83,6 +85,18 @@ class Tally:
         self.down: dict[str, int] = defaultdict(int)
         self.samples = 0
         self.last_ts_ms = 0
+        self.sync_p99: dict[str, tuple[int, float | None]] = {}  # node -> (window end, p99 seconds)
+        self.sli: tuple[int, dict] | None = None  # (window end, values) of the cluster SLO record
+
+    def add_derived(self, record: DerivedRecord) -> None:
+        with self.lock:
+            if (record.kind == "quantiles" and record.scope == "node" and record.window_size_s == 60
+                    and record.metric == "sync_proxy_rules_duration_seconds" and not record.labels.get("mode")):
+                if record.window_end_ms >= self.sync_p99.get(record.node, (0, None))[0]:
+                    self.sync_p99[record.node] = (record.window_end_ms, record.values.get("p99"))
+            elif record.kind == "slo" and record.scope == "cluster":
+                if self.sli is None or record.window_end_ms >= self.sli[0]:
+                    self.sli = (record.window_end_ms, dict(record.values))
 
     def add(self, record: ScrapeRecord) -> None:
         with self.lock:
@@ -93,22 +107,29 @@ class Tally:
             self.last_ts_ms = max(self.last_ts_ms, record.scrape_ts_ms)
 
 
-def follow_samples(connection: KafkaConnection, topic: str, tally: Tally, stop: threading.Event) -> None:
+def follow(connection: KafkaConnection, topics: Topics, tally: Tally, stop: threading.Event) -> None:
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(topic, **connection.kafka_python_kwargs(), auto_offset_reset="latest",
-                             enable_auto_commit=False, group_id=None, consumer_timeout_ms=1000)
+    consumer = KafkaConsumer(topics.samples, topics.quantiles, topics.slo, **connection.kafka_python_kwargs(),
+                             auto_offset_reset="latest", enable_auto_commit=False, group_id=None,
+                             consumer_timeout_ms=1000, metadata_max_age_ms=5000)
     try:
         while not stop.is_set():
             for message in consumer:
                 try:
-                    tally.add(ScrapeRecord.decode(message.value))
+                    if message.topic == topics.samples:
+                        tally.add(ScrapeRecord.decode(message.value))
+                    else:
+                        tally.add_derived(DerivedRecord.decode(message.value))
                 except DecodeError:
-                    pass  # the stream stage accounts for bad messages; the summary only counts
+                    pass  # the stream stage and the sink account for bad messages; the summary only shows
                 if stop.is_set():
                     break
     finally:
         consumer.close()
+
+
+DEMO_PARTITIONS = 4
 
 
 def stage_available(module: str) -> bool:
@@ -132,22 +153,24 @@ def run(args: argparse.Namespace) -> int:
         children.start("simulator", kpp + ["simulate", "--nodes", str(args.nodes), "--seed", str(args.seed),
                                            "--port", str(args.sim_port), "--healthz-probe-interval", "10"])
         stages = ["simulator", f"{args.nodes} producers"]
+        if stage_available("streams.cli"):
+            # Started first: it creates the topics with the partition count it needs.
+            children.start("stream", kpp + ["stream", "--partitions", str(DEMO_PARTITIONS), *kafka_flags])
+            stages.append("stream worker")
+            time.sleep(3)
         for i in range(args.nodes):
             node = f"node-{i:03d}"
             children.start(f"produce-{node}", kpp + [
                 "produce", "--node", node, "--cluster", args.cluster, "--interval", str(args.interval),
                 "--target", f"http://127.0.0.1:{args.sim_port}/nodes/{node}/metrics",
                 "--spool-dir", str(state / "spool" / node), "--listen", "", *kafka_flags])
-        if stage_available("streams.cli"):
-            children.start("stream", kpp + ["stream", *kafka_flags])
-            stages.append("stream worker")
         if stage_available("sinks.cli"):
-            children.start("sink", kpp + ["sink", "--to", "victoriametrics", "--url", vm_url(), "--raw",
+            children.start("sink", kpp + ["sink", "--to", "victoriametrics", "--url", vm_url(), "--raw", "--listen", "",
                                           *kafka_flags])
             stages.append("sink")
         print(f"demo: running {', '.join(stages)} (logs in {children.log_dir}); Ctrl-C to stop", flush=True)
         tally = Tally()
-        threading.Thread(target=follow_samples, args=(connection, topics.samples, tally, stop), daemon=True).start()
+        threading.Thread(target=follow, args=(connection, topics, tally, stop), daemon=True).start()
         summarize(args, tally, children, stop)
     except KeyboardInterrupt:
         pass
@@ -177,8 +200,33 @@ def summarize(args: argparse.Namespace, tally: Tally, children: Children, stop: 
         elapsed = time.monotonic() - started
         print(f"[{elapsed:5.0f}s] nodes reporting {reporting}/{args.nodes} · scrapes {total} "
               f"({rate:.1f}/s) · failed scrapes {down} · samples {samples}", flush=True)
+        derived = derived_summary(tally)
+        if derived:
+            print(f"        {derived}", flush=True)
         if args.duration and elapsed >= args.duration:
             return
+
+
+def derived_summary(tally: Tally) -> str:
+    """Per-node sync p99 of the latest 60 s windows and the cluster SLI, once the stream
+    stage has closed its first windows."""
+    with tally.lock:
+        p99s = sorted((v, node) for node, (_, v) in tally.sync_p99.items() if v is not None)
+        sli = tally.sli
+    parts = []
+    if p99s:
+        median = p99s[len(p99s) // 2][0]
+        parts.append(f"sync p99 (60s) over {len(p99s)} nodes: median {median * 1000:.1f} ms, "
+                     f"slowest {p99s[-1][1]} {p99s[-1][0] * 1000:.1f} ms")
+    if sli is not None:
+        values = sli[1]
+        if values.get("p99") is None:
+            parts.append("network-programming SLI: no observations yet")
+        else:
+            verdict = "within" if values.get("within") == 1 else "ABOVE"
+            parts.append(f"network-programming SLI p99 (5m, cluster) {values['p99']:.2f} s, {verdict} "
+                         f"threshold {values.get('threshold_s', float('nan')):g} s")
+    return " · ".join(parts)
 
 
 def print_finale(args: argparse.Namespace, tally: Tally) -> None:
