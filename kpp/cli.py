@@ -17,8 +17,10 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "simulator.cli",
     "producers.cli",
     "streams.cli",
+    "streams.cli_replay",
     "sinks.cli",
     "kpp.tail",
+    "kpp.report",
     "kpp.demo",
 )
 
