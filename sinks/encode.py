@@ -59,6 +59,20 @@ def escape_prometheus_label_value(value: str) -> str:
     return value
 
 
+def prometheus_labels_text(labels: tuple[tuple[str, str], ...]) -> str:
+    """`a="x",b="y"` for a sorted labels tuple, escaped; cached (series repeat every window)."""
+    text = _PROM_LABELS_CACHE.get(labels)
+    if text is None:
+        text = ",".join(f'{k}="{escape_prometheus_label_value(v)}"' for k, v in labels)
+        _remember(_PROM_LABELS_CACHE, labels, text)
+    return text
+
+
+def prometheus_line_prefix(name: str, labels: tuple[tuple[str, str], ...]) -> str:
+    """Everything of a text line before the value: `name{labels} `."""
+    return f"{name}{{{prometheus_labels_text(labels)}}} "
+
+
 def encode_prometheus_text(points: Iterable[Point]) -> bytes:
     """`name{a="x",b="y"} value timestamp_ms` lines. Names are already sanitized; values are
     escaped; NaN and ±Inf are written as NaN, +Inf, -Inf."""
@@ -68,10 +82,7 @@ def encode_prometheus_text(points: Iterable[Point]) -> bytes:
     for point in points:
         if point.labels is not last_labels:  # a record's points share one labels tuple
             last_labels = point.labels
-            labels = _PROM_LABELS_CACHE.get(point.labels)
-            if labels is None:
-                labels = ",".join(f'{k}="{escape_prometheus_label_value(v)}"' for k, v in point.labels)
-                _remember(_PROM_LABELS_CACHE, point.labels, labels)
+            labels = prometheus_labels_text(point.labels)
         lines.append(f"{point.name}{{{labels}}} {format_float(point.value)} {point.timestamp_ms}\n")
     try:
         return "".join(lines).encode("utf-8")
@@ -108,26 +119,36 @@ def _label(name: str, value: str) -> bytes:
     return _length_delimited(0x0A, n) + _length_delimited(0x12, v)
 
 
+def remote_write_labels(labels: tuple[tuple[str, str], ...]) -> bytes:
+    """The repeated `TimeSeries.labels` fields of a sorted labels tuple; cached."""
+    encoded = _RW_LABELS_CACHE.get(labels)
+    if encoded is None:
+        encoded = b"".join(_length_delimited(0x0A, _label(n, v)) for n, v in labels)
+        _remember(_RW_LABELS_CACHE, labels, encoded)
+    return encoded
+
+
+def remote_write_series_head(name: str, labels: tuple[tuple[str, str], ...]) -> bytes:
+    """A TimeSeries' labels, `__name__` first (it sorts first: `_` < `a`)."""
+    return _length_delimited(0x0A, _label("__name__", name)) + remote_write_labels(labels)
+
+
+def remote_write_series(head: bytes, value: float, timestamp_varint: bytes) -> bytes:
+    """One `WriteRequest.timeseries` field: the head (labels) and one Sample."""
+    # Sample{1: double value (fixed64), 2: int64 timestamp (varint)}
+    sample = b"\x09" + _PACK_DOUBLE(value) + b"\x10" + timestamp_varint
+    series = head + _length_delimited(0x12, sample)
+    return _length_delimited(0x0A, series)  # WriteRequest.timeseries = 1
+
+
 def encode_remote_write(points: Iterable[Point]) -> bytes:
     """Protobuf `WriteRequest{timeseries: [TimeSeries{labels, samples: [Sample]}]}`, one
     TimeSeries per point, labels sorted with `__name__` first (it sorts first: `_` < `a`)."""
     out = bytearray()
-    last_labels: tuple | None = None
-    encoded_labels = b""
     try:
         for point in points:
-            if point.labels is not last_labels:  # a record's points share one labels tuple
-                last_labels = point.labels
-                encoded_labels = _RW_LABELS_CACHE.get(point.labels)
-                if encoded_labels is None:
-                    encoded_labels = b"".join(_length_delimited(0x0A, _label(n, v)) for n, v in point.labels)
-                    _remember(_RW_LABELS_CACHE, point.labels, encoded_labels)
-            series = bytearray(_length_delimited(0x0A, _label("__name__", point.name)))
-            series += encoded_labels
-            # Sample{1: double value (fixed64), 2: int64 timestamp (varint)}
-            sample = b"\x09" + _PACK_DOUBLE(point.value) + b"\x10" + varint(point.timestamp_ms)
-            series += _length_delimited(0x12, sample)
-            out += _length_delimited(0x0A, bytes(series))  # WriteRequest.timeseries = 1
+            out += remote_write_series(remote_write_series_head(point.name, point.labels), point.value,
+                                       varint(point.timestamp_ms))
     except UnicodeEncodeError as exc:
         raise Unrepresentable(f"text is not valid UTF-8: {exc.reason}") from None
     return bytes(out)
@@ -175,6 +196,12 @@ def influx_split(name: str) -> tuple[str, str]:
     return name, "value"
 
 
+def influx_head(measurement: str, labels: tuple[tuple[str, str], ...]) -> str:
+    """Measurement and tags of a line, escaped (raises Unrepresentable on a line break)."""
+    tags = "".join(f",{escape_influx_tag(k)}={escape_influx_tag(v)}" for k, v in labels)
+    return escape_influx_measurement(measurement) + tags
+
+
 def encode_influx(points: Sequence[Point]) -> tuple[bytes, int]:
     """Line protocol with millisecond timestamps (send with precision=ms). Consecutive points
     with the same measurement, tags and timestamp share one line (one field each). NaN and
@@ -200,8 +227,7 @@ def encode_influx(points: Sequence[Point]) -> tuple[bytes, int]:
             close()
             current_key = key
             fields = []
-            tags = "".join(f",{escape_influx_tag(k)}={escape_influx_tag(v)}" for k, v in point.labels)
-            head = escape_influx_measurement(measurement) + tags
+            head = influx_head(measurement, point.labels)
             timestamp = point.timestamp_ms
         fields.append(f"{escape_influx_tag(field)}={_influx_float(point.value)}")
     close()

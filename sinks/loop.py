@@ -1,20 +1,26 @@
 """The sink's consumer loop: a plain kafka-python consumer in a consumer group with manual
-commits, feeding a BatchingSink.
+commits, feeding a BatchingSink, with the HTTP write pipelined on one write thread.
 
-    poll → decode → encode (pure) → sink.add ─┐
-       ▲                                       ├ due? → sink.flush() → DLQ (sync) → commit
-       └── paused while the store is away ◀────┘          │ StoreUnavailable
-                                                          └→ pause, back off (jitter), retry
+    poll → decode+encode (fastpath, else the contract path) → sink.add ─┐ full/due
+       ▲                                                                 ▼
+       │        write thread: write_items(batch N) ─→ ok ─→ (our thread) DLQ → commit N
+       │        meanwhile our thread polls and fills batch N+1           │ StoreUnavailable
+       └── paused while the store is away ◀──── N waits in _retry ◀──────┘ (backoff, jitter)
 
-- Offsets are committed only after the store acknowledged the batch and the DLQ got its
-  records: at-least-once, nothing lost.
+- At most one batch is in flight. Offsets are committed only after the store acknowledged
+  the batch and the DLQ got its records, strictly in batch order: a newer batch is started
+  only when no older one is in flight or waiting for its retry. At-least-once, nothing lost.
 - While the store is down the assigned partitions are paused and the loop keeps polling
-  (heartbeats, rebalances), so memory stays bounded by the batch limits plus one poll.
-- A rebalance first tries to flush and commit what is buffered; what cannot be flushed is
-  dropped for the revoked partitions, and their new owner re-reads it from the committed
+  (heartbeats, rebalances). Memory: the batch in flight (or to retry) plus the batch being
+  filled, each bounded by the batch limits plus one poll (a full batch waits for the write
+  in flight).
+- A rebalance first settles the write in flight, flushes and commits what is held (the
+  listener runs on kafka-python's IO thread: it awaits the commit); what cannot be flushed
+  is dropped for the revoked partitions, and their new owner re-reads it from the committed
   offset.
-- If anything fails after the buffer was handed over (DLQ publish), the consumer seeks back
-  to the committed offsets and re-reads: re-writes are idempotent.
+- If the DLQ publish fails after a write, nothing is committed: the partitions are sought
+  back to their committed offsets, the batch being filled is dropped, and all is re-read
+  (re-writes are idempotent).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import base64
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -32,8 +39,9 @@ from contracts.kafka import KafkaConnection
 from contracts.records import ScrapeRecord
 from contracts.selfmetrics import Counters
 from sinks.encode import Unrepresentable
+from sinks.fastpath import fast_path_for
 from sinks.series import Point, derived_points, raw_points
-from sinks.sink import Backoff, BatchingSink, FlushResult, Item, Rejection
+from sinks.sink import Backoff, BatchingSink, FlushResult, Item, Rejection, write_items
 from sinks.writers import StoreUnavailable, Writer
 
 log = logging.getLogger("kpp.sink")
@@ -49,7 +57,15 @@ class LoopSettings:
     raw_topic: str | None = None  # records of this topic are raw scrapes (--raw)
     extra_labels: Mapping[str, str] = field(default_factory=dict)
     client_id: str = "kpp-sink"
+    # Fetching. kafka-python keeps one fetch in flight per broker and sends the next one only
+    # when the previous one is drained; a fetch that holds only caught-up partitions makes
+    # the others wait up to fetch_max_wait_ms (Kafka's default of 500 ms halved the
+    # throughput of a catch-up). A poll returns at most max_poll_records; batches are cut at
+    # their limits whatever a poll returns.
     max_poll_records: int = 2000
+    max_partition_fetch_bytes: int = 1024 * 1024
+    fetch_max_bytes: int = 50 * 1024 * 1024
+    fetch_max_wait_ms: int = 100
     revoke_flush_attempts: int = 1
     lag_interval_s: float = 2.0
     # A sink killed without leaving the group holds its partitions until this expires.
@@ -71,7 +87,7 @@ def describe_metrics(counters: Counters) -> None:
         ("kpp_sink_dropped_on_revoke_total", "counter", "Buffered records dropped on revoke (re-read by the new owner)."),
         ("kpp_sink_consumer_lag", "gauge", "Records in Kafka not yet fetched, per topic (highwater - position)."),
         ("kpp_sink_store_up", "gauge", "1 when the last write to the store succeeded."),
-        ("kpp_sink_buffered_points", "gauge", "Points waiting in the batch."),
+        ("kpp_sink_buffered_points", "gauge", "Points held: the batch being filled, in flight and to retry."),
         ("kpp_sink_paused", "gauge", "1 while consumption is paused because the store is away."),
         ("kpp_sink_last_flush_seconds", "gauge", "Duration of the last successful flush."),
     ):
@@ -96,11 +112,35 @@ class SinkLoop:
         self._producer = None
         self.last_flush_wall: float | None = None
         self.started = threading.Event()
+        self._on_flush: Callable[[FlushResult], None] | None = None
+        self._fast = fast_path_for(writer, settings.extra_labels)
+        # The write pipeline: at most one batch in flight on the write thread; a batch the
+        # store did not take waits in _retry and is written again before anything newer.
+        self._executor: ThreadPoolExecutor | None = None
+        self._inflight: Future | None = None
+        self._inflight_items: list[Item] = []
+        self._inflight_started = 0.0
+        self._inflight_points = 0
+        self._retry: list[Item] | None = None
+        self._last_error: Exception | None = None
+        # Acknowledged offsets not committed yet, and partitions to seek back to their committed
+        # offset: the rebalance listener (IO thread) only records them, our thread acts.
+        self._to_commit: dict[tuple[str, int], int] = {}
+        self._to_rewind: set[tuple[str, int]] = set()
+        self._in_listener = False
+        self._rewound: set[tuple[str, int]] = set()  # seeked back during this poll's records
+        self._backlog = False  # the last batch closed on size: flush the rest once caught up
 
     # -- decoding (pure apart from the writer's encoder) -------------------------------------
 
     def to_item(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Item:
         item = Item(topic, partition, offset, key, value or b"")
+        if self._fast is not None and value and topic != self.settings.raw_topic:
+            try:
+                item.fragment, item.points, item.skipped = self._fast(value)
+                return item
+            except Exception:  # noqa: BLE001 (not the common shape: the contract path decides)
+                pass
         try:
             points = self.points_of(topic, value)
         except (DecodeError, ValueError, TypeError, KeyError) as exc:
@@ -110,6 +150,11 @@ class SinkLoop:
             item.fragment, item.skipped = self.writer.encode(points)
         except Unrepresentable as exc:
             item.dlq_reason, item.dlq_error = "unrepresentable", str(exc)
+            return item
+        except (TypeError, ValueError, AttributeError) as exc:
+            # A field of the wrong type the contract lets through (e.g. a number as cluster):
+            # dead-lettered instead of stopping the sink on every restart.
+            item.dlq_reason, item.dlq_error = "malformed", f"cannot encode: {exc}"
             return item
         item.points = len(points) - item.skipped
         return item
@@ -124,15 +169,18 @@ class SinkLoop:
     # -- Kafka --------------------------------------------------------------------------------
 
     def _open(self) -> None:
-        from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+        from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 
         loop = self
 
-        class Listener(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked):  # noqa: ANN001
-                loop._on_revoked(revoked)
+        # kafka-python 3 calls the listener on its IO thread (while our thread waits in
+        # poll()), where a blocking consumer call (commit, committed) raises: the listener
+        # is async and awaits its commit.
+        class Listener(AsyncConsumerRebalanceListener):
+            async def on_partitions_revoked(self, revoked):  # noqa: ANN001
+                await loop._on_revoked_async(revoked)
 
-            def on_partitions_assigned(self, assigned):  # noqa: ANN001
+            async def on_partitions_assigned(self, assigned):  # noqa: ANN001
                 loop._on_assigned(assigned)
 
         kwargs = self.connection.kafka_python_kwargs()
@@ -140,6 +188,9 @@ class SinkLoop:
             **kwargs, group_id=self.settings.group_id, client_id=self.settings.client_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=self.settings.max_poll_records,
+            max_partition_fetch_bytes=self.settings.max_partition_fetch_bytes,
+            fetch_max_bytes=self.settings.fetch_max_bytes,
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             max_poll_interval_ms=300_000,
             # Topics created after the sink started (the stream stage comes up later) are
             # noticed within this time.
@@ -171,92 +222,181 @@ class SinkLoop:
         if self.store_down and assigned:
             self._consumer.pause(*assigned)
 
-    def _on_revoked(self, revoked) -> None:  # noqa: ANN001
+    async def _on_revoked_async(self, revoked) -> None:  # noqa: ANN001
+        """Before partitions go: settle the write in flight, write what is held, commit it all
+        (awaited on the IO thread), then forget what is left of the revoked partitions."""
         if not revoked:
             return
         self.counters.inc("kpp_sink_rebalances_total")
         log.info("revoking %d partition(s): %s", len(revoked), _tps(revoked))
-        if len(self.sink) and not self.store_down:
+        self._in_listener = True
+        try:
             try:
-                self._flush_and_commit()
+                self._settle_inflight()
+                if not self.store_down and (self._retry or len(self.sink)):
+                    self._flush_and_commit()
             except StoreUnavailable as exc:
                 log.warning("store unavailable during a rebalance (%s): buffered records of revoked "
                             "partitions are left to their next owner", exc)
-        dropped = self.sink.drop_partitions((tp.topic, tp.partition) for tp in revoked)
+        finally:
+            self._in_listener = False
+        await self._commit_pending_async()
+        self._forget(revoked)
+
+    def _forget(self, revoked) -> None:  # noqa: ANN001
+        gone = {(tp.topic, tp.partition) for tp in revoked}
+        dropped = self.sink.drop_partitions(gone)
+        if self._retry is not None:
+            keep = [i for i in self._retry if i.tp not in gone]
+            dropped += len(self._retry) - len(keep)
+            self._retry = keep or None
         if dropped:
             self.counters.inc("kpp_sink_dropped_on_revoke_total", dropped)
-        for tp in revoked:
-            self._committed.pop((tp.topic, tp.partition), None)
+        for tp in gone:
+            self._committed.pop(tp, None)
+            self._to_commit.pop(tp, None)
+        self._to_rewind -= gone
 
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, on_flush: Callable[[FlushResult], None] | None = None) -> None:
         self._on_flush = on_flush
-        self._open()
-        self.started.set()
-        last_lag = 0.0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kpp-sink-write")
         try:
-            while not stop.is_set():
-                now = time.monotonic()
-                timeout_ms = 200
-                if self.store_down:
-                    timeout_ms = max(0, min(200, int((self._next_attempt - now) * 1000)))
-                batches = self._consumer.poll(timeout_ms=timeout_ms)
-                if self.store_down:
-                    # A rebalance may have handed us new, unpaused partitions.
-                    assignment = self._consumer.assignment()
-                    if assignment:
-                        self._consumer.pause(*assignment)
-                for tp, records in batches.items():
-                    for r in records:
-                        item = self.to_item(tp.topic, tp.partition, r.offset, r.key, r.value)
-                        if item.skipped:
-                            self.counters.inc("kpp_sink_points_skipped_total", item.skipped, reason="nonfinite")
-                        self.sink.add(item)
-                self.counters.set("kpp_sink_buffered_points", self.sink.buffered_points)
-                now = time.monotonic()
-                if self.sink.due(now) and (not self.store_down or now >= self._next_attempt):
-                    self._try_flush()
-                if now - last_lag >= self.settings.lag_interval_s:
-                    last_lag = now
-                    self._update_lag()
+            self._open()
+            self.started.set()
+            self._consume(stop)
             self._shutdown_flush()
         finally:
-            self._close()
+            self._close()  # may revoke (and settle) before the write thread goes
+            self._executor.shutdown(wait=True)
 
-    def _try_flush(self) -> None:
-        try:
-            self._flush_and_commit()
-        except StoreUnavailable as exc:
-            delay = self.backoff.next_delay()
-            self.counters.inc("kpp_sink_batches_total", outcome="unavailable")
-            self.counters.inc("kpp_sink_retries_total")
-            self.counters.set("kpp_sink_store_up", 0)
-            if not self.store_down:
-                log.warning("store unavailable (%s): pausing consumption, retrying with backoff", exc)
-            else:
-                log.info("store still unavailable (%s): next try in %.1f s", exc, delay)
-            self.store_down = True
-            self.counters.set("kpp_sink_paused", 1)
-            assignment = self._consumer.assignment()
-            if assignment:
-                self._consumer.pause(*assignment)
-            self._next_attempt = time.monotonic() + delay
+    def _consume(self, stop: threading.Event) -> None:
+        consumer = self._consumer
+        sink = self.sink
+        add = sink.add
+        to_item = self.to_item
+        counters = self.counters
+        last_lag = 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            timeout_ms = 200
+            if self._inflight is not None:
+                timeout_ms = 10  # notice the write's end soon: its commit waits for us
+            elif self.store_down:
+                timeout_ms = max(0, min(timeout_ms, int((self._next_attempt - now) * 1000)))
+            batches = consumer.poll(timeout_ms=timeout_ms)
+            if self.store_down:
+                # A rebalance may have handed us new, unpaused partitions.
+                assignment = consumer.assignment()
+                if assignment:
+                    consumer.pause(*assignment)
+            rewound = self._rewound
+            rewound.clear()
+            for tp, records in batches.items():
+                topic, partition = tp.topic, tp.partition
+                if (topic, partition) in rewound:
+                    continue
+                for r in records:
+                    item = to_item(topic, partition, r.offset, r.key, r.value)
+                    if item.skipped:
+                        counters.inc("kpp_sink_points_skipped_total", item.skipped, reason="nonfinite")
+                    if add(item):
+                        # Full: hand it to the write thread now (or wait for the write in
+                        # flight), so that batches keep their size whatever a poll returns.
+                        self._pump()
+                        if (topic, partition) in rewound:
+                            break  # the rest of this poll is re-read from the committed offset
+            self._pump()
+            counters.set("kpp_sink_buffered_points", self.buffered_points)
+            now = time.monotonic()
+            if now - last_lag >= self.settings.lag_interval_s:
+                last_lag = now
+                self._update_lag()
+
+    @property
+    def buffered_points(self) -> int:
+        """Points held: the batch being filled, the batch in flight and a batch to retry."""
+        held = self.sink.buffered_points + (self._inflight_points if self._inflight is not None else 0)
+        if self._retry:
+            held += sum(i.points for i in self._retry)
+        return held
+
+    def _pump(self) -> None:
+        """Drive the write pipeline: settle a finished write (commit, or keep it to retry),
+        then start the next write: the batch to retry once its backoff is over, else the
+        filled batch when it is due. Commits stay in batch order: a batch is started only
+        when no older batch is in flight or waiting for a retry."""
+        if self._to_rewind and not self._in_listener:
+            self._rewind_now()
+        if self._inflight is not None:
+            if not self._inflight.done():
+                if not self.sink.full():
+                    return  # keep consuming into the next batch while this one is written
+                # The next batch is full: wait (memory stays bounded by two batches).
+                wait([self._inflight])
+            self._settle_inflight()
+        now = time.monotonic()
+        if self._retry is not None:
+            if now >= self._next_attempt:
+                self._start_write(self._retry)
+                self._retry = None
             return
-        if self.store_down:
-            log.info("store is back: resuming consumption")
-            self.store_down = False
-            self.counters.set("kpp_sink_paused", 0)
-            paused = self._consumer.paused()
-            if paused:
-                self._consumer.resume(*paused)
-        self.backoff.reset()
+        if self.store_down and now >= self._next_attempt:
+            # Nothing to retry (the DLQ failed and the batch is re-read from Kafka): go on.
+            self._store_back()
+        if self.store_down or not len(self.sink):
+            return
+        if self.sink.full():
+            self._backlog = True  # batches close on size: we are behind
+            self._start_write(self.sink.take())
+        elif self.sink.due(now) or (self._backlog and self._caught_up()):
+            # The last batch of a backlog is not held back for the batch interval.
+            self._backlog = False
+            self._start_write(self.sink.take())
 
-    def _flush_and_commit(self) -> None:
-        started = time.monotonic()
-        result = self.sink.flush()  # raises StoreUnavailable with the buffer intact
+    def _caught_up(self) -> bool:
+        """Every assigned partition is read up to its last known high watermark."""
+        consumer = self._consumer
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                return False
+            position = consumer.position(tp, timeout_ms=0)
+            if position is None or position < highwater:
+                return False
+        return True
+
+    def _start_write(self, items: list[Item]) -> None:
+        assert self._inflight is None, "at most one write in flight"
+        self._inflight_items = items
+        self._inflight_points = sum(i.points for i in items)
+        self._inflight_started = time.monotonic()
+        self._inflight = self._executor.submit(write_items, self.writer, items)
+
+    def _settle_inflight(self) -> bool:
+        """Wait for the write in flight, if any, and settle it: on success publish its DLQ
+        records and commit its offsets; if the store did not take it, keep it for a retry (and
+        pause). Returns False when something stays to be retried."""
+        if self._inflight is None:
+            return True
+        future, items = self._inflight, self._inflight_items
+        try:
+            result = future.result()
+        except StoreUnavailable as exc:
+            self._retry = items
+            self._unavailable(exc)
+            return False
+        finally:
+            self._inflight = None
+            self._inflight_items = []
+        return self._acknowledged(result, items, time.monotonic() - self._inflight_started)
+
+    def _acknowledged(self, result: FlushResult, items: list[Item], seconds: float) -> bool:
+        """The store took the batch: DLQ its rejects, then commit. False if the DLQ failed (then
+        the batch's partitions are re-read from the committed offsets)."""
         self.counters.set("kpp_sink_store_up", 1)
-        self.counters.set("kpp_sink_last_flush_seconds", time.monotonic() - started)
+        self.counters.set("kpp_sink_last_flush_seconds", seconds)
         self.counters.inc("kpp_sink_batches_total", outcome="ok")
         self.counters.inc("kpp_sink_requests_total", result.requests)
         self.counters.inc("kpp_sink_points_written_total", result.written_points)
@@ -266,12 +406,63 @@ class SinkLoop:
         except Exception as exc:  # noqa: BLE001 (any failure: re-read from the committed offsets)
             log.error("cannot publish %d record(s) to %s (%s): re-reading from the committed offsets",
                       len(result.rejected), self.settings.dlq_topic, exc)
-            self._rewind(result.commit)
-            raise StoreUnavailable(f"DLQ publish failed: {exc}") from None
+            # The batch being filled holds later records of the same partitions: they must not be
+            # written (and committed) before the re-read ones, so they are re-read too.
+            self._to_rewind |= set(result.commit) | {i.tp for i in self.sink.take()}
+            if not self._in_listener:
+                self._rewind_now()
+            self._unavailable(StoreUnavailable(f"DLQ publish failed: {exc}"))
+            return False
         self._commit(result.commit)
         self.last_flush_wall = time.time()
+        if self.store_down:
+            self._store_back()
+        self.backoff.reset()
         if self._on_flush is not None:
             self._on_flush(result)
+        return True
+
+    def _unavailable(self, exc: StoreUnavailable) -> None:
+        self._last_error = exc
+        delay = self.backoff.next_delay()
+        self.counters.inc("kpp_sink_batches_total", outcome="unavailable")
+        self.counters.inc("kpp_sink_retries_total")
+        self.counters.set("kpp_sink_store_up", 0)
+        if not self.store_down:
+            log.warning("store unavailable (%s): pausing consumption, retrying with backoff", exc)
+        else:
+            log.info("store still unavailable (%s): next try in %.1f s", exc, delay)
+        self.store_down = True
+        self.counters.set("kpp_sink_paused", 1)
+        assignment = self._consumer.assignment()
+        if assignment:
+            self._consumer.pause(*assignment)
+        self._next_attempt = time.monotonic() + delay
+
+    def _store_back(self) -> None:
+        log.info("store is back: resuming consumption")
+        self.store_down = False
+        self.counters.set("kpp_sink_paused", 0)
+        paused = self._consumer.paused()
+        if paused:
+            self._consumer.resume(*paused)
+
+    def _flush_and_commit(self) -> None:
+        """Synchronously write and commit everything held (the write in flight, the batch to
+        retry, the batch being filled), in this order. Raises StoreUnavailable, keeping what was
+        not written for a retry."""
+        if not self._settle_inflight():
+            raise StoreUnavailable(f"the batch in flight was not written: {self._last_error}")
+        for take in (self._take_retry, self.sink.take):
+            items = take()
+            if items:
+                self._start_write(items)
+                if not self._settle_inflight():
+                    raise StoreUnavailable(str(self._last_error))
+
+    def _take_retry(self) -> list[Item]:
+        items, self._retry = self._retry or [], None
+        return items
 
     def _publish_dlq(self, rejected: list[Rejection]) -> None:
         if not rejected:
@@ -310,36 +501,73 @@ class SinkLoop:
             message["value_base64"] = base64.b64encode(item.value).decode("ascii")
         return dumps(message)
 
-    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        if not offsets:
+    def _commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Commit acknowledged offsets (batches are acknowledged in order, so the highest offset
+        per partition is the one to commit). In the rebalance listener they are only recorded
+        and committed by `_commit_pending_async`."""
+        for tp, offset in offsets.items():
+            if offset > self._to_commit.get(tp, -1):
+                self._to_commit[tp] = offset
+        if self._in_listener:
+            return
+        payload = self._commit_payload()
+        if not payload:
             return
         from kafka.errors import KafkaError
+
+        try:
+            self._consumer.commit(payload)
+        except KafkaError as exc:
+            self._commit_failed(exc)
+            return
+        self._commit_done(payload)
+
+    async def _commit_pending_async(self) -> None:
+        payload = self._commit_payload()
+        if not payload:
+            return
+        from kafka.errors import KafkaError
+
+        try:
+            await self._consumer.commit_async(payload)
+        except KafkaError as exc:
+            self._commit_failed(exc)
+            return
+        self._commit_done(payload)
+
+    def _commit_payload(self) -> dict:
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
         assignment = self._consumer.assignment()
         payload = {}
-        for (topic, partition), offset in offsets.items():
+        for (topic, partition), offset in self._to_commit.items():
             tp = TopicPartition(topic, partition)
             if tp in assignment:
                 payload[tp] = OffsetAndMetadata(offset, "", -1)
-        if not payload:
-            return
-        try:
-            self._consumer.commit(payload)
-        except KafkaError as exc:
-            # The data is in the store; the next owner re-writes it (idempotent).
-            self.counters.inc("kpp_sink_commits_total", outcome="failed")
-            log.warning("offset commit failed (%s): records may be written again", exc)
-            return
+        self._to_commit = {}
+        return payload
+
+    def _commit_failed(self, exc: Exception) -> None:
+        # The data is in the store; the next owner re-writes it (idempotent).
+        self.counters.inc("kpp_sink_commits_total", outcome="failed")
+        log.warning("offset commit failed (%s): records may be written again", exc)
+
+    def _commit_done(self, payload: dict) -> None:
         self.counters.inc("kpp_sink_commits_total", outcome="ok")
         for tp, meta in payload.items():
             self._committed[(tp.topic, tp.partition)] = meta.offset
 
-    def _rewind(self, offsets: Mapping[tuple[str, int], int]) -> None:
+    def _rewind_now(self) -> None:
+        """Seek the partitions of `_to_rewind` back to their committed offsets (re-read)."""
         from kafka.structs import TopicPartition
 
-        for (topic, partition) in offsets:
+        partitions, self._to_rewind = self._to_rewind, set()
+        self._rewound |= partitions
+        assignment = self._consumer.assignment()
+        for (topic, partition) in partitions:
             tp = TopicPartition(topic, partition)
+            if tp not in assignment:
+                continue
             committed = self._consumer.committed(tp)
             if committed is None:
                 self._consumer.seek_to_beginning(tp)
@@ -363,19 +591,20 @@ class SinkLoop:
             self.counters.set("kpp_sink_consumer_lag", lag, topic=topic)
 
     def _shutdown_flush(self) -> None:
-        """On stop, try for a while to write what is buffered; what stays is re-read later."""
+        """On stop, try for a while to write what is held; what stays is re-read later."""
         deadline = time.monotonic() + self.settings.shutdown_flush_s
         error = None
-        while len(self.sink) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             try:
                 self._flush_and_commit()
                 return
             except StoreUnavailable as exc:
                 error = exc
                 time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-        if len(self.sink):
+        held = len(self.sink) + len(self._retry or ())
+        if held:
             log.warning("stopping: store unavailable (%s); %d buffered record(s) stay in Kafka, uncommitted",
-                        error, len(self.sink))
+                        error, held)
 
     def committed_offsets(self) -> dict[tuple[str, int], int]:
         return dict(self._committed)

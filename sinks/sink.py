@@ -61,7 +61,7 @@ class FlushResult:
 
 
 class Sink(Protocol):
-    def add(self, item: Item) -> None: ...
+    def add(self, item: Item) -> bool: ...
 
     def flush(self) -> FlushResult: ...
 
@@ -110,52 +110,28 @@ class BatchingSink:
 
     # -- the two verbs ----------------------------------------------------------------------
 
-    def add(self, item: Item) -> None:
+    def add(self, item: Item) -> bool:
+        """Buffer the item; True when the batch is full now (the caller should flush)."""
         if not self._items:
             self._first_added = time.monotonic()
         self._items.append(item)
         self._points += item.points
         self._bytes += len(item.fragment)
+        return self._points >= self.limits.max_points or self._bytes >= self.limits.max_bytes
 
     def flush(self) -> FlushResult:
         """Write the buffer. On success the buffer is empty and the result names the next
         offset of every partition seen (all its items are in the store or DLQ-bound).
         Raises StoreUnavailable with the buffer intact (re-writes are idempotent)."""
-        result = FlushResult()
-        items = self._items
-        if not items:
-            return result
-        sendable = [i for i in items if i.dlq_reason is None and i.fragment]
-        if sendable:
-            self._write(sendable, result)
-        for item in items:
-            if item.dlq_reason is not None:
-                result.rejected.append(Rejection(item, item.dlq_reason, item.dlq_error or item.dlq_reason))
-            next_offset = item.offset + 1
-            if next_offset > result.commit.get(item.tp, -1):
-                result.commit[item.tp] = next_offset
-        rejected_ids = {id(r.item) for r in result.rejected if r.reason == "rejected"}
-        for item in sendable:
-            if id(item) not in rejected_ids:
-                result.written_points += item.points
-                result.written_records += 1
+        result = write_items(self.writer, self._items)
         self.clear()
         return result
 
-    def _write(self, items: list[Item], result: FlushResult) -> None:
-        """Send items as one body; on a 4xx split in halves until the culprits stand alone."""
-        result.requests += 1
-        try:
-            self.writer.send(self.writer.body([i.fragment for i in items]))
-        except StoreRejected as exc:
-            if len(items) == 1:
-                log.warning("store rejected %s[%d]@%d: %s", items[0].topic, items[0].partition,
-                            items[0].offset, exc)
-                result.rejected.append(Rejection(items[0], "rejected", str(exc), exc.status, exc.answer))
-                return
-            middle = len(items) // 2
-            self._write(items[:middle], result)
-            self._write(items[middle:], result)
+    def take(self) -> list[Item]:
+        """Hand the buffered items over (to a write in flight) and start an empty batch."""
+        items = self._items
+        self.clear()
+        return items
 
     # -- rebalances -------------------------------------------------------------------------
 
@@ -180,6 +156,49 @@ class BatchingSink:
         return dropped
 
 
+def write_items(writer: Writer, items: list[Item]) -> FlushResult:
+    """Write one batch: the sendable items as one body (split on a 4xx), the others named for
+    the DLQ, and the next offset of every partition seen. Touches nothing but the writer, so it
+    runs on the write thread while the consumer goes on. Raises StoreUnavailable (the caller
+    keeps the items and writes them again: re-writes are idempotent)."""
+    result = FlushResult()
+    if not items:
+        return result
+    sendable = [i for i in items if i.dlq_reason is None and i.fragment]
+    if sendable:
+        _write(writer, sendable, result)
+    commit = result.commit
+    for item in items:
+        if item.dlq_reason is not None:
+            result.rejected.append(Rejection(item, item.dlq_reason, item.dlq_error or item.dlq_reason))
+        next_offset = item.offset + 1
+        tp = (item.topic, item.partition)
+        if next_offset > commit.get(tp, -1):
+            commit[tp] = next_offset
+    rejected_ids = {id(r.item) for r in result.rejected if r.reason == "rejected"}
+    for item in sendable:
+        if id(item) not in rejected_ids:
+            result.written_points += item.points
+            result.written_records += 1
+    return result
+
+
+def _write(writer: Writer, items: list[Item], result: FlushResult) -> None:
+    """Send items as one body; on a 4xx split in halves until the culprits stand alone."""
+    result.requests += 1
+    try:
+        writer.send(writer.body([i.fragment for i in items]))
+    except StoreRejected as exc:
+        if len(items) == 1:
+            log.warning("store rejected %s[%d]@%d: %s", items[0].topic, items[0].partition,
+                        items[0].offset, exc)
+            result.rejected.append(Rejection(items[0], "rejected", str(exc), exc.status, exc.answer))
+            return
+        middle = len(items) // 2
+        _write(writer, items[:middle], result)
+        _write(writer, items[middle:], result)
+
+
 @dataclass(kw_only=True)
 class Backoff:
     """Exponential backoff with jitter: attempt n waits base·2ⁿ (capped) times a random
@@ -200,4 +219,4 @@ class Backoff:
 
 
 __all__ = ["BatchLimits", "BatchingSink", "Backoff", "FlushResult", "Item", "Rejection", "Sink",
-           "StoreRejected", "StoreUnavailable"]
+           "StoreRejected", "StoreUnavailable", "write_items"]

@@ -283,3 +283,88 @@ def test_records_the_store_rejects_go_to_the_dlq_with_its_answer(kafka: KafkaCon
         assert sum(len(r["values"]) for r in response["data"]["result"]) == expected_points(recent)
     finally:
         prom.stop()
+
+
+def test_rebalance_while_records_are_held_flushes_and_commits_them(kafka: KafkaConnection, vm_url: str,
+                                                                   topic_name: str) -> None:
+    """kafka-python 3 calls the rebalance listener on its IO thread, where a blocking commit
+    raises: the sink flushes, then awaits the commit, and goes on."""
+    cluster = unique("held")
+    records = make_records(cluster, n_nodes=10, n_windows=10, end0_ms=1_700_000_040_000)
+    create_topic(kafka, topic_name, partitions=2)
+    group = unique("g")
+    hold = BatchLimits(max_points=10**6, max_age_s=120)  # nothing is flushed but by the rebalance
+    first = LoopThread(kafka, "victoriametrics", vm_url, [topic_name], group=group, limits=hold).__enter__()
+    second = None
+    try:
+        produce_records(kafka, topic_name, records)
+        assert wait_for(lambda: len(first.loop.sink) == len(records), 30)
+        assert group_offsets(kafka, group) == {}
+        second = LoopThread(kafka, "victoriametrics", vm_url, [topic_name], group=group, limits=hold).__enter__()
+        assert wait_for(lambda: group_offsets(kafka, group) == end_offsets(kafka, topic_name), 30), \
+            "the revoked partitions' records were not flushed and committed"
+        assert first.thread.is_alive() and first.error is None
+        assert first.counters.get("kpp_sink_rebalances_total") >= 1
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert count_points(vm_url, cluster) == expected_points(records)
+
+
+class FlakyWriter:
+    """Wraps a writer's send: the calls named in `fail` raise StoreUnavailable."""
+
+    def __init__(self, writer, fail: set[int]) -> None:  # noqa: ANN001
+        self.calls = 0
+        self.fail = fail
+        self._send = writer.send
+        writer.send = self.send
+
+    def send(self, body: bytes) -> None:
+        from sinks.writers import StoreUnavailable
+
+        self.calls += 1
+        if self.calls in self.fail:
+            raise StoreUnavailable(f"flaky write {self.calls}")
+        self._send(body)
+
+
+def test_pipelined_writes_commit_in_order_and_never_past_a_failed_batch(
+        kafka: KafkaConnection, vm_url: str, topic_name: str) -> None:
+    cluster = unique("pipe")
+    records = make_records(cluster, n_nodes=50, n_windows=40, end0_ms=1_700_000_040_000)  # 2000 records
+    create_topic(kafka, topic_name, partitions=2)
+    produce_records(kafka, topic_name, records)
+    group = unique("g")
+    sink = LoopThread(kafka, "victoriametrics", vm_url, [topic_name], group=group,
+                      limits=BatchLimits(max_points=300, max_age_s=0.2), backoff=Backoff(base_s=0.1, cap_s=0.2))
+    flaky = FlakyWriter(sink.loop.writer, fail={2, 3})
+    commits: list[dict] = []
+    written: list[dict] = []  # the offsets the store acknowledged, batch by batch
+    done = sink.loop._commit_done
+    sink.loop._commit_done = lambda payload: (commits.append(
+        {(tp.topic, tp.partition): m.offset for tp, m in payload.items()}), done(payload))
+    acknowledged = sink.loop._acknowledged
+    sink.loop._acknowledged = lambda result, items, seconds: (written.append(dict(result.commit)),
+                                                              acknowledged(result, items, seconds))[1]
+    with sink:
+        assert sink.wait_records(len(records), 60)
+    assert flaky.calls >= 4 and sink.counters.get("kpp_sink_retries_total") == 2
+    # Every commit names offsets the store acknowledged before, and they only grow.
+    seen: dict = {}
+    acked: dict = {}
+    for batch in written:
+        for tp, offset in batch.items():
+            acked[tp] = max(acked.get(tp, 0), offset)
+    for commit in commits:
+        for tp, offset in commit.items():
+            assert offset >= seen.get(tp, 0), "a commit went backwards"
+            assert offset <= acked[tp]
+            seen[tp] = offset
+    # Batches were acknowledged in order: per partition, each batch starts where the last ended.
+    for tp in acked:
+        ends = [b[tp] for b in written if tp in b]
+        assert ends == sorted(ends)
+    assert group_offsets(kafka, group) == end_offsets(kafka, topic_name)
+    assert count_points(vm_url, cluster) == expected_points(records)

@@ -1,0 +1,210 @@
+"""The hot path of derived records: Kafka value bytes straight to the writer's body fragment.
+
+The contract path (`DerivedRecord.decode` → `derived_points` → `writer.encode`) builds a
+frozen dataclass, copies `values`, `labels` and `contributors`, builds a `Point` per value and
+sanitizes and escapes names and labels on every record. Here the parsed JSON is checked and
+encoded directly, and everything that repeats every window (the merged labels, the series
+names, the escaped line prefix / protobuf head / Influx head) is computed once per series
+group with the very functions of the contract path, and cached.
+
+Equivalence with the contract path is by construction:
+- `encode(value)` accepts a record only if it has exactly the shape `DerivedRecord.from_json`
+  accepts (a known schema, `window.start_ms`/`end_ms` ints, `values` an object of numbers,
+  null or the strings "NaN"/"+Inf"/"-Inf"/"Inf", `labels`/`contributors` objects if present,
+  string `cluster`/`metric`, `scope` node or cluster with a node exactly for scope node,
+  string label values). Anything else raises, and the caller hands the record to the
+  contract path, which decides (same points, or the same DLQ reason and message).
+- The output is what `writer.encode(derived_points(DerivedRecord.decode(value), extra))`
+  gives, byte for byte (tests/sinks/test_fastpath.py checks it with hypothesis).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping
+
+import orjson
+
+from contracts.codec import _SPECIAL_FROM_JSON as SPECIAL_FLOATS
+from contracts.derived import KINDS, SCOPES, schema_name
+from sinks.encode import (
+    format_float, influx_head, influx_split, escape_influx_tag, prometheus_line_prefix, remote_write_series,
+    remote_write_series_head, varint,
+)
+from sinks.series import derived_series_name, merge_labels
+from sinks.writers import InfluxWriter, RemoteWriteWriter, VictoriaMetricsWriter, Writer
+
+# (fragment, points written, points skipped)
+Encoded = tuple[bytes, int, int]
+
+_SCHEMAS = frozenset(schema_name(k) for k in KINDS)
+_EMPTY: dict = {}  # default of absent labels/contributors; never mutated
+_CACHE_MAX = 100_000
+_isfinite = math.isfinite
+
+
+class NotFast(Exception):
+    """The record is not of the common shape: the contract path decides."""
+
+
+class DerivedFastPath:
+    """`encode(value) -> (fragment, points, skipped)` for one writer protocol and one set of
+    `--label`s; raises (anything) when the contract path must decide."""
+
+    def __init__(self, extra_labels: Mapping[str, str]) -> None:
+        self.extra_labels = dict(extra_labels)
+        self._groups: dict[tuple, object] = {}
+
+    # -- per series group (cached) -------------------------------------------------------------
+
+    def _group(self, key: tuple) -> object:
+        metric, cluster, node, scope, size_s, label_items, value_keys = key
+        # The checks DerivedRecord makes, plus string types (the contract path would fail, or
+        # stringify, on other types: it decides those).
+        if type(metric) is not str or type(cluster) is not str or type(scope) is not str or scope not in SCOPES:
+            raise NotFast("field types")
+        if node is not None and type(node) is not str:
+            raise NotFast("node type")
+        if (scope == "node") != (node is not None):
+            raise NotFast("scope/node")
+        for _, value in label_items:
+            if type(value) is not str:
+                raise NotFast("label value type")
+        # What derived_points does.
+        own = {"cluster": cluster, "scope": scope, "window": f"{size_s}s"}
+        if scope == "node":
+            own["node"] = node
+        labels = merge_labels(own, self.extra_labels, dict(label_items))
+        names = [(k, derived_series_name(metric, k)) for k in sorted(value_keys)]
+        group = self.build(metric, labels, names)
+        if len(self._groups) >= _CACHE_MAX:
+            self._groups.clear()
+        self._groups[key] = group
+        return group
+
+    def build(self, metric: str, labels: tuple[tuple[str, str], ...], names: list[tuple[str, str]]) -> object:
+        raise NotImplementedError
+
+    def emit(self, group: object, values: dict, timestamp_ms: int) -> Encoded:
+        raise NotImplementedError
+
+    # -- per record ----------------------------------------------------------------------------
+
+    def encode(self, value: bytes) -> Encoded:
+        obj = orjson.loads(value)
+        if type(obj) is not dict or obj["schema"] not in _SCHEMAS:
+            raise NotFast("not a derived record")
+        window = obj["window"]
+        values = obj["values"]
+        labels = obj.get("labels", _EMPTY)
+        if (type(window) is not dict or type(values) is not dict or type(labels) is not dict
+                or type(obj.get("contributors", _EMPTY)) is not dict):
+            raise NotFast("field types")
+        start = window["start_ms"]
+        end = window["end_ms"]
+        if type(start) is not int or type(end) is not int:
+            raise NotFast("window types")
+        # Equal keys mean equal str fields (a str never equals a non-str), so the type checks
+        # of _group hold for every record that hits the cache.
+        key = (obj["metric"], obj["cluster"], obj.get("node"), obj["scope"], (end - start) // 1000,
+               tuple(labels.items()), tuple(values))
+        group = self._groups.get(key)
+        if group is None:
+            group = self._group(key)
+        return self.emit(group, values, end)
+
+
+def _number(value: object) -> float:
+    """float_from_json for the JSON types orjson produces (raises for the others)."""
+    kind = type(value)
+    if kind is float:
+        return value  # type: ignore[return-value]
+    if kind is int:
+        return float(value)  # type: ignore[arg-type]
+    if kind is str:
+        return SPECIAL_FLOATS[value]
+    raise NotFast("value type")
+
+
+class PrometheusTextFastPath(DerivedFastPath):
+    def build(self, metric, labels, names):  # noqa: ANN001, ANN201
+        return [(k, prometheus_line_prefix(name, labels)) for k, name in names]
+
+    def emit(self, group, values, timestamp_ms):  # noqa: ANN001, ANN201
+        tail = f" {timestamp_ms}\n"
+        lines = []
+        for k, prefix in group:
+            value = values[k]
+            if value is None:
+                continue
+            kind = type(value)
+            if kind is not float:
+                value = _number(value)
+            lines.append(prefix + format_float(value) + tail)
+        return "".join(lines).encode("utf-8"), len(lines), 0
+
+
+class RemoteWriteFastPath(DerivedFastPath):
+    def build(self, metric, labels, names):  # noqa: ANN001, ANN201
+        return [(k, remote_write_series_head(name, labels)) for k, name in names]
+
+    def emit(self, group, values, timestamp_ms):  # noqa: ANN001, ANN201
+        ts = varint(timestamp_ms)
+        out = []
+        for k, head in group:
+            value = values[k]
+            if value is None:
+                continue
+            if type(value) is not float:
+                value = _number(value)
+            out.append(remote_write_series(head, value, ts))
+        return b"".join(out), len(out), 0
+
+
+class InfluxFastPath(DerivedFastPath):
+    def build(self, metric, labels, names):  # noqa: ANN001, ANN201
+        # All points of a derived record share measurement, tags and timestamp: one line.
+        fields = []
+        measurement = None
+        for k, name in names:
+            head, field = influx_split(name)
+            if measurement is None:
+                measurement = head
+            elif head != measurement:
+                raise NotFast("more than one measurement")  # cannot happen: one metric per record
+            fields.append((k, escape_influx_tag(field) + "="))
+        return (influx_head(measurement, labels) + " " if measurement is not None else "", fields)
+
+    def emit(self, group, values, timestamp_ms):  # noqa: ANN001, ANN201
+        head, keys = group
+        fields = []
+        skipped = 0
+        for k, field in keys:
+            value = values[k]
+            if value is None:
+                continue
+            if type(value) is not float:
+                value = _number(value)
+            if not _isfinite(value):
+                skipped += 1
+                continue
+            fields.append(field + repr(value))
+        if not fields:
+            return b"", 0, skipped
+        return f"{head}{','.join(fields)} {timestamp_ms}\n".encode("utf-8"), len(fields), skipped
+
+
+_FAST_PATHS: dict[type[Writer], type[DerivedFastPath]] = {
+    VictoriaMetricsWriter: PrometheusTextFastPath,
+    RemoteWriteWriter: RemoteWriteFastPath,
+    InfluxWriter: InfluxFastPath,
+}
+
+
+def fast_path_for(writer: Writer, extra_labels: Mapping[str, str]) -> Callable[[bytes], Encoded] | None:
+    """The fast encoder for the writer's protocol, or None when the writer's `encode` is not the
+    protocol's own (a subclass that changed it): then every record takes the contract path."""
+    for base, fast in _FAST_PATHS.items():
+        if isinstance(writer, base) and type(writer).encode is base.encode:
+            return fast(extra_labels).encode
+    return None

@@ -1,0 +1,154 @@
+"""The hot decode path (sinks/fastpath.py) against the contract path (DerivedRecord.decode →
+derived_points → writer.encode): the same fragment, points and skipped points for every
+record, and the same DLQ reason and message for every record the contract refuses."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contracts.derived import KINDS, DerivedRecord, schema_name
+from contracts.kafka import KafkaConnection
+from sinks.loop import LoopSettings, SinkLoop
+from sinks.sink import BatchingSink, Item
+from sinks.writers import WRITERS, VictoriaMetricsWriter, WriterSettings
+
+EXTRA = {"env": "prod", "ip_family": "from-flag"}
+HOSTILE = ['a"b', "back\\slash", "new\nline", "com,ma", "sp ace", "eq=ual", "ünï©ødé ☃", '"} evil 1\n',
+           "trailing\\", "🙂", "", "x:y"]
+
+
+def loops(extra: dict[str, str]) -> dict[str, SinkLoop]:
+    out = {}
+    for name, cls in WRITERS.items():
+        writer = cls(WriterSettings(url="http://127.0.0.1:1"))
+        out[name] = SinkLoop(KafkaConnection(bootstrap="127.0.0.1:1"), writer, BatchingSink(writer),
+                             LoopSettings(topics=("t",), group_id="g", dlq_topic="d", extra_labels=extra))
+    return out
+
+
+LOOPS = loops(EXTRA)
+
+
+def both_paths(loop: SinkLoop, value: bytes | None) -> tuple[Item, Item]:
+    fast = loop.to_item("t", 0, 7, b"k", value)
+    saved, loop._fast = loop._fast, None
+    try:
+        contract = loop.to_item("t", 0, 7, b"k", value)
+    finally:
+        loop._fast = saved
+    return fast, contract
+
+
+def typical_records() -> list[DerivedRecord]:
+    records = []
+    for i, text in enumerate(HOSTILE):
+        for scope, node in (("node", f"node {text}"), ("cluster", None)):
+            records.append(DerivedRecord(
+                kind=KINDS[i % len(KINDS)], scope=scope, cluster=f"c{text}", node=node,
+                window_start_ms=1_700_000_000_000, window_end_ms=1_700_000_060_000 + i,
+                metric=f"sync_proxy_rules{text}", labels={"ip_family": text, "bad-name.x": text, "__name__": "n"},
+                values={"p50": i * 0.1, "p99": math.inf if i % 3 == 0 else 1e-7, "count": float(i),
+                        "mean": None, "nan": math.nan, "ninf": -math.inf, "big": 1e300, "int": 12345.0},
+                contributors={"scrapes": 4, "nodes": 1}))
+    return records
+
+
+@pytest.mark.parametrize("to", list(WRITERS))
+def test_typical_records_take_the_fast_path_with_the_contract_paths_bytes(to: str) -> None:
+    loop = LOOPS[to]
+    for record in typical_records():
+        value = record.encode()
+        if to != "influx" or "\n" not in record.cluster + (record.node or "") + record.labels["ip_family"]:
+            loop._fast(value)  # taken: does not raise
+        fast, contract = both_paths(loop, value)
+        assert fast == contract
+
+
+def test_a_writer_with_its_own_encode_gets_no_fast_path() -> None:
+    class Custom(VictoriaMetricsWriter):
+        def encode(self, points):  # noqa: ANN001, ANN201
+            return b"custom\n", 0
+
+    writer = Custom(WriterSettings(url="http://127.0.0.1:1"))
+    loop = SinkLoop(KafkaConnection(bootstrap="127.0.0.1:1"), writer, BatchingSink(writer),
+                    LoopSettings(topics=("t",), group_id="g", dlq_topic="d"))
+    assert loop._fast is None
+    assert loop.to_item("t", 0, 0, None, typical_records()[0].encode()).fragment == b"custom\n"
+
+
+# -- any JSON: well-formed, odd and malformed -------------------------------------------------
+
+text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)
+odd = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=False),
+                text, st.lists(st.integers(-9, 9), max_size=2), st.dictionaries(text, st.integers(-9, 9), max_size=2))
+number = st.one_of(st.floats(allow_nan=False), st.integers(-(2**63), 2**64 - 1),
+                   st.sampled_from(["NaN", "+Inf", "-Inf", "Inf"]))
+good_value = st.one_of(number, st.none())
+value = st.one_of(number, st.none(), odd)
+key = st.one_of(st.sampled_from(["p50", "p99", "count", "mean", "rate", "ratio", "x:y", "", "1a"]), text)
+
+
+@st.composite
+def derived_json(draw) -> dict:  # noqa: ANN001
+    rnd = draw(st.randoms(use_true_random=True))
+
+    def rarely() -> bool:
+        return rnd.random() < 0.04
+
+    def maybe_odd(good):  # noqa: ANN001, ANN202
+        return draw(odd) if rarely() else draw(good)
+
+    scope = "pod" if rarely() else draw(st.sampled_from(["node", "cluster"]))
+    node = draw(text) if (scope == "node") != rarely() else None
+    start = draw(st.integers(0, 2_000_000_000_000))
+    obj = {
+        "schema": "kube-proxy.nope/v1" if rarely() else maybe_odd(st.sampled_from([schema_name(k) for k in KINDS])),
+        "scope": maybe_odd(st.just(scope)),
+        "cluster": maybe_odd(text),
+        "node": maybe_odd(st.just(node)),
+        "window": maybe_odd(st.just({
+            "start_ms": maybe_odd(st.just(start)),
+            "end_ms": maybe_odd(st.integers(start - 1000, start + 3_600_000)),
+            "size_s": draw(st.integers(0, 3600))})),
+        "metric": maybe_odd(text),
+        "labels": maybe_odd(st.dictionaries(text, odd if rarely() else text, max_size=3)),
+        "values": maybe_odd(st.dictionaries(key, value if rarely() else good_value, max_size=5)),
+        "contributors": maybe_odd(st.dictionaries(text, st.integers(0, 9), max_size=2)),
+    }
+    if rarely():
+        del obj[draw(st.sampled_from(sorted(obj)))]
+    return obj
+
+
+@settings(max_examples=600, deadline=None)
+@given(derived_json(), st.sampled_from(list(WRITERS)), st.booleans())
+def test_fast_path_and_contract_path_agree_on_any_record(obj: dict, to: str, with_extra: bool) -> None:
+    loop = LOOPS[to] if with_extra else NO_EXTRA[to]
+    fast, contract = both_paths(loop, orjson.dumps(obj))
+    assert fast == contract
+
+
+NO_EXTRA = loops({})
+
+
+@pytest.mark.parametrize("to", list(WRITERS))
+@pytest.mark.parametrize("value", [None, b"", b"\xff\xfe", b"[]", b"null", b'"x"', b"{}", b'{"schema": 1}',
+                                   b'{"schema": "kube-proxy.rates/v1"}'])
+def test_not_a_record_goes_the_same_way(to: str, value: bytes | None) -> None:
+    fast, contract = both_paths(LOOPS[to], value)
+    assert fast == contract and fast.dlq_reason == "malformed"
+
+
+def test_a_number_where_a_string_belongs_is_dead_lettered_not_fatal() -> None:
+    """The contract lets `"cluster": 5` through, the encoder cannot escape it: before, the
+    sink loop died on it (and again after every restart)."""
+    obj = {"schema": "kube-proxy.rates/v1", "scope": "cluster", "cluster": 5, "node": None,
+           "window": {"start_ms": 0, "end_ms": 60_000}, "metric": "m", "values": {"rate": 1.0}}
+    for to in WRITERS:
+        fast, contract = both_paths(LOOPS[to], orjson.dumps(obj))
+        assert fast == contract and fast.dlq_reason == "malformed"
