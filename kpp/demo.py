@@ -18,12 +18,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from contracts.codec import DecodeError
-from contracts.config import vm_url
 from contracts.derived import DerivedRecord
 from contracts.errors import KppError
 from contracts.kafka import KafkaConnection
 from contracts.records import ScrapeRecord
 from contracts.topics import Topics
+from stack.settings import StackSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -137,7 +137,10 @@ def stage_available(module: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    connection = KafkaConnection.from_sources(args)
+    # Unless told otherwise, the demo talks to the stack `kpp stack up` started (KPP_*_PORT aware).
+    stack = StackSettings.from_env()
+    connection = KafkaConnection.from_sources(args, os.environ | {"KAFKA_BOOTSTRAP": stack.kafka_bootstrap})
+    vm_url = stack.vm_url
     from stack.kafka import broker_answers_metadata
 
     if not broker_answers_metadata(connection.bootstrap, timeout=5):
@@ -165,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
                 "--target", f"http://127.0.0.1:{args.sim_port}/nodes/{node}/metrics",
                 "--spool-dir", str(state / "spool" / node), "--listen", "", *kafka_flags])
         if stage_available("sinks.cli"):
-            children.start("sink", kpp + ["sink", "--to", "victoriametrics", "--url", vm_url(), "--raw", "--listen", "",
+            children.start("sink", kpp + ["sink", "--to", "victoriametrics", "--url", vm_url, "--raw", "--listen", "",
                                           *kafka_flags])
             stages.append("sink")
         print(f"demo: running {', '.join(stages)} (logs in {children.log_dir}); Ctrl-C to stop", flush=True)
@@ -178,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
         print("demo: stopping ...", flush=True)
         children.stop()
-    print_finale(args, tally if "tally" in locals() else Tally())
+    print_finale(vm_url, tally if "tally" in locals() else Tally())
     return 0
 
 
@@ -229,8 +232,7 @@ def derived_summary(tally: Tally) -> str:
     return " · ".join(parts)
 
 
-def print_finale(args: argparse.Namespace, tally: Tally) -> None:
-    url = vm_url()
+def print_finale(url: str, tally: Tally) -> None:
     print(f"demo: {sum(tally.scrapes.values())} scrapes from {len(tally.scrapes)} nodes went through Kafka.")
     print(f"VictoriaMetrics UI: {url}/vmui")
     if stage_available("sinks.cli"):
