@@ -2,9 +2,9 @@
 scrapes (~150 selected samples each), against a bare aiokafka consumer that only decodes
 the same messages (ScrapeRecord.decode). Needs the local broker (`kpp stack up`).
 
-    .venv/bin/python bench/bench_streams.py [--nodes 50] [--minutes 60]
+    .venv/bin/python bench/bench_streams.py [--nodes 50] [--minutes 60] [--out FILE]
 
-Prints a markdown table. Not a test.
+Prints a markdown report (machine, date, table); --out also writes it to FILE. Not a test.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer  # noqa: E402
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 from kafka.admin import NewTopic  # noqa: E402
 
+from bench.machine import describe  # noqa: E402
 from contracts.kafka import KafkaConnection  # noqa: E402
 from contracts.records import ScrapeRecord  # noqa: E402
 from tests.streams.simdata import scrape_records  # noqa: E402
@@ -114,7 +115,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=int, default=60)
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    parser.add_argument("--out", metavar="FILE", help="also write the markdown report to FILE")
     args = parser.parse_args()
+    machine = describe()  # load average before the benchmark's own work
     conn = KafkaConnection(bootstrap=args.bootstrap)
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     records = scrape_records(nodes=args.nodes, minutes=args.minutes, version="1.28")
@@ -126,14 +129,26 @@ def main() -> None:
     produce(conn, f"{prefix}.samples", values)
     bare = asyncio.run(bare_consumer(conn, f"{prefix}.samples", len(values)))
     rate, seconds = stream_worker(conn, prefix, args.partitions, len(values))
-    print(f"| measurement | scrapes/s |\n|---|---:|")
-    print(f"| bare aiokafka consumer, decode only | {bare:,.0f} |")
-    print(f"| `kpp stream`, one worker ({args.partitions} partition(s)) | {rate:,.0f} |")
-    print(f"| ratio worker / bare | {rate / bare:.2f} |")
-    print(f"\n{len(values):,} scrapes of {args.nodes} nodes, {samples:.0f} selected samples per scrape "
-          f"(simulator 1.28); worker timed over {seconds:.1f} s between its first and last offset commit; "
-          f"target >= 1,000 scrapes/s.")
-
+    lines = [
+        "# `kpp stream` throughput", "",
+        *machine,
+        f"- command: `bench/bench_streams.py --nodes {args.nodes} --minutes {args.minutes} "
+        f"--partitions {args.partitions}`",
+        "",
+        "| measurement | scrapes/s |",
+        "|---|---:|",
+        f"| bare aiokafka consumer, decode only | {bare:,.0f} |",
+        f"| `kpp stream`, one worker ({args.partitions} partition(s)) | {rate:,.0f} |",
+        f"| ratio worker / bare | {rate / bare:.2f} |",
+        "",
+        f"{len(values):,} scrapes of {args.nodes} nodes, {samples:.0f} selected samples per scrape "
+        f"(simulator 1.28); worker timed over {seconds:.1f} s between its first and last offset commit; "
+        f"target >= 1,000 scrapes/s.",
+    ]
+    report = "\n".join(lines) + "\n"
+    print(report, end="")
+    if args.out:
+        Path(args.out).write_text(report, encoding="utf-8")
 
 if __name__ == "__main__":
     main()
