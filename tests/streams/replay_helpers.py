@@ -1,0 +1,121 @@
+"""Helpers shared by the replay, archive and import tests: run `kpp` as a subprocess, read
+whole topics, validate derived records against their JSON Schemas."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from functools import lru_cache
+
+import jsonschema
+from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from contracts.kafka import KafkaConnection
+from contracts.topics import Topics
+from tests.conftest import REPO
+
+KINDS = ("rates", "quantiles", "gauges", "health", "slo")
+SCHEMAS = REPO / "schemas"
+
+
+def run_kpp(*args: str, timeout: float = 60.0) -> tuple[subprocess.CompletedProcess, float]:
+    """`python -m kpp ARGS`; fails the test with its output unless it exits 0."""
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "kpp", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, f"kpp {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc, elapsed
+
+
+def rfc3339(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_all(kafka: KafkaConnection, topics: list[str]) -> list[tuple[str, int, int, bytes | None, bytes, int]]:
+    """Every message of the topics as (topic, partition, offset, key, value, timestamp), up
+    to the end offsets at the time of the call, per partition in offset order."""
+    consumer = KafkaConsumer(**kafka.kafka_python_kwargs(), group_id=None, enable_auto_commit=False)
+    try:
+        tps = []
+        for topic in topics:
+            # a topic created a moment ago may be missing from the first metadata answer
+            deadline = time.monotonic() + 15
+            parts = consumer.partitions_for_topic(topic)
+            while not parts and time.monotonic() < deadline:
+                time.sleep(0.2)
+                consumer.topics()  # refreshes the metadata
+                parts = consumer.partitions_for_topic(topic)
+            assert parts, f"topic {topic} does not exist"
+            tps.extend(TopicPartition(topic, p) for p in sorted(parts))
+        if not tps:
+            return []
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        out = []
+        deadline = time.monotonic() + 60
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            assert time.monotonic() < deadline, "could not read the topics to their end"
+            for tp, batch in consumer.poll(timeout_ms=500).items():
+                out.extend((m.topic, m.partition, m.offset, m.key, m.value, m.timestamp) for m in batch
+                           if m.offset < ends[tp])
+        return sorted(out, key=lambda m: (m[0], m[1], m[2]))
+    finally:
+        consumer.close()
+
+
+def derived(kafka: KafkaConnection, prefix: str) -> list[tuple[str, bytes, bytes]]:
+    """(kind, key, value) of every message on `<prefix>.<kind>`."""
+    names = {f"{prefix}.{k}": k for k in KINDS}
+    return [(names[t], k, v) for t, _p, _o, k, v, _ts in read_all(kafka, list(names))]
+
+
+@lru_cache(maxsize=None)
+def _schema(kind: str) -> dict:
+    return json.loads((SCHEMAS / f"kube-proxy.{kind}.v1.json").read_text())
+
+
+def validate_all(records: list[tuple[str, bytes, bytes]]) -> int:
+    """Every record validates against its topic's JSON Schema; returns how many were checked."""
+    validators = {k: jsonschema.Draft202012Validator(_schema(k)) for k in KINDS}
+    for kind, _key, value in set(records):
+        validators[kind].validate(json.loads(value))
+    return len(set(records))
+
+
+def identity(kind: str, value: bytes) -> tuple:
+    obj = json.loads(value)
+    return (kind, obj["scope"], obj["node"], obj["window"]["start_ms"], obj["window"]["end_ms"], obj["metric"],
+            tuple(sorted(obj["labels"].items())))
+
+
+def inside(records, lo: int, hi: int, step_ms: int = 60_000) -> set:
+    """The records a replay of [lo, hi] publishes: window inside the range; an SLO record
+    counts as the step window ending with it."""
+    out = set()
+    for r in records:
+        _k, _s, _n, start, end, *_ = identity(r[0], r[2])
+        if r[0] == "slo":
+            start = end - step_ms
+        if start >= lo and end <= hi:
+            out.add(r)
+    return out
+
+
+def create_topics(kafka: KafkaConnection, prefix: str, partitions: int) -> None:
+    """The stream stage's topics with unlimited retention: the test data is stamped in 2023, and
+    Kafka's retention check (every 5 minutes, retention 7 days) would delete it mid-test."""
+    topics = Topics(prefix)
+    names = [topics.samples, f"{prefix}.cluster-partials", f"{prefix}.stream-ticks", topics.late, topics.dlq,
+             *topics.derived()]
+    admin = KafkaAdminClient(**kafka.kafka_python_kwargs())
+    try:
+        admin.create_topics([NewTopic(n, partitions, 1, topic_configs={"retention.ms": "-1"}) for n in names])
+    finally:
+        admin.close()
