@@ -12,6 +12,7 @@ import traceback
 
 import faust
 
+from streams.app import TABLES
 from streams.config import StreamSettings
 from streams.stages import ClusterStage, NodeStage, dead_letter
 
@@ -57,8 +58,8 @@ def wire(app: faust.App, settings: StreamSettings) -> dict:
     partials_in = app.topic(settings.cluster_partials_topic, key_type=bytes, value_type=bytes)
 
     # Keys are str (restored as str: Faust decodes str-typed keys), values our own JSON bytes.
-    node_table = app.Table("node-state", key_type=str, value_type=bytes, partitions=n)
-    cluster_table = app.Table("cluster-state", key_type=str, value_type=bytes, partitions=n)
+    node_table = app.Table(TABLES[0], key_type=str, value_type=bytes, partitions=n)
+    cluster_table = app.Table(TABLES[1], key_type=str, value_type=bytes, partitions=n)
 
     producer = None
 

@@ -12,6 +12,9 @@ from contracts.kafka import KafkaConnection
 from streams.config import StreamSettings
 
 
+TABLES = ("node-state", "cluster-state")  # the changelog-backed tables agents.py declares
+
+
 def app_id(settings: StreamSettings) -> str:
     """Consumer group and changelog topic names: one pipeline per topic prefix."""
     return f"kpp-streams.{settings.topic_prefix}"
@@ -40,15 +43,21 @@ def ensure_topics(settings: StreamSettings, connection: KafkaConnection) -> None
                 admin.create_topics([NewTopic(name, settings.partitions, 1) for name in missing])
             except TopicAlreadyExistsError:
                 pass  # another worker was quicker
+        # The tables' changelogs too: a changelog left by an earlier run with another partition
+        # count would make every event fail (Faust's PartitionsMismatch), not the start-up.
+        changelogs = [name for name in (f"{app_id(settings)}-{table}-changelog" for table in TABLES)
+                      if name in existing]
         described = admin.describe_topics([settings.topics.samples, settings.cluster_partials_topic,
-                                           settings.ticks_topic])
+                                           settings.ticks_topic, *changelogs])
     finally:
         admin.close()
     for topic in described:
         count = len(topic.get("partitions") or ())
         if count and count != settings.partitions:
-            raise ConfigError(f"topic {topic['topic']!r} has {count} partitions but --partitions is "
-                              f"{settings.partitions}: they must be equal (co-partitioned state)")
+            name = topic.get("name") or topic.get("topic")  # kafka-python 3 says "name"
+            raise ConfigError(f"topic {name!r} has {count} partitions but --partitions is "
+                              f"{settings.partitions}: they must be equal (co-partitioned state); "
+                              "start with the matching --partitions, or delete the topic")
 
 
 def create_app(settings: StreamSettings, connection: KafkaConnection) -> faust.App:
