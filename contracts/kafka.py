@@ -16,21 +16,125 @@ Sources, highest first: command-line flags, environment variables, defaults.
 
 The password is only ever read from the environment or a file (never a flag, which `ps`
 shows), and no repr, log line or error message contains it.
+
+Why a client cannot connect: kafka-python 3 retries a refused SASL login or a failed TLS
+handshake until its bootstrap timeout and then raises only "Unable to bootstrap"; the cause
+is in its log records alone. `capture_client_failures()` (installed by `kpp`) keeps the
+latest authentication/TLS failure out of those records without printing them, and
+`KafkaConnection.explain()` / `.check()` put it into one line a person can act on.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import ssl
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from contracts.errors import ConfigError
+from contracts.errors import ConfigError, KppError
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class KafkaUnavailableError(KppError):
+    """No broker answered (down, wrong address, TLS or authentication failure)."""
+
+    exit_code = 3
+
+
+class KafkaAuthenticationError(KafkaUnavailableError):
+    """The broker refused the SASL credentials (or the TLS handshake failed)."""
+
+    exit_code = 4
+
+
+class _ClientFailures(logging.Handler):
+    """Remembers the latest authentication or TLS failure a Kafka client logged; prints
+    nothing itself (CRITICAL records are passed on to the root logger)."""
+
+    RECENT_S = 120.0
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self._lock_ = threading.Lock()
+        self._last: tuple[str, str, float] | None = None  # (kind, text, monotonic time)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            found = _classify_record(record)
+            if found is not None:
+                with self._lock_:
+                    self._last = (*found, time.monotonic())
+            if record.levelno >= logging.CRITICAL:
+                logging.getLogger().handle(record)
+        except Exception:  # noqa: BLE001 - a log handler must never raise into the client
+            pass
+
+    def recent(self, since: float | None = None) -> tuple[str, str] | None:
+        with self._lock_:
+            last = self._last
+        if last is None or time.monotonic() - last[2] > self.RECENT_S:
+            return None
+        if since is not None and last[2] < since:
+            return None
+        return last[0], last[1]
+
+    def clear(self) -> None:
+        with self._lock_:
+            self._last = None
+
+
+CLIENT_FAILURES = _ClientFailures()
+
+
+def capture_client_failures(*logger_names: str, show_below_critical: bool = False) -> None:
+    """Route the Kafka client libraries' records (kafka-python: `kafka`; aiokafka) through
+    CLIENT_FAILURES: their WARNING/ERROR records stay out of our logs (one per reconnect is a
+    storm) but the cause of a failed connection is kept. With `show_below_critical` (DEBUG
+    runs) they are printed as well."""
+    for name in logger_names or ("kafka", "aiokafka"):
+        logger = logging.getLogger(name)
+        if CLIENT_FAILURES not in logger.handlers:
+            logger.addHandler(CLIENT_FAILURES)
+        if not show_below_critical:
+            logger.setLevel(logging.WARNING)
+            logger.propagate = False
+
+
+def _classify_record(record: logging.LogRecord) -> tuple[str, str] | None:
+    candidates: list[BaseException] = []
+    args = record.args if isinstance(record.args, tuple) else (record.args,) if record.args else ()
+    candidates.extend(a for a in args if isinstance(a, BaseException))
+    if record.exc_info and record.exc_info[1] is not None:
+        candidates.append(record.exc_info[1])
+    for exc in candidates:
+        found = classify_exception(exc)
+        if found is not None:
+            return found
+    text = record.getMessage() if not candidates else ""
+    if "SaslAuthenticationFailed" in text or "Authentication failed" in text:
+        return "authentication", text
+    return None
+
+
+def classify_exception(exc: BaseException) -> tuple[str, str] | None:
+    """("authentication" | "tls", text) for a failed login or TLS handshake, else None."""
+    seen = 0
+    while exc is not None and seen < 5:
+        name = type(exc).__name__
+        if "Authentication" in name or "UnsupportedSaslMechanism" in name or "IllegalSaslState" in name:
+            return "authentication", str(exc) or name
+        if isinstance(exc, ssl.SSLError):
+            return "tls", str(exc) or name
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+        seen += 1
+    return None
 
 
 class Secret:
@@ -208,7 +312,85 @@ class KafkaConnection:
             settings["broker_credentials"] = faust.SSLCredentials(self.ssl_context())
         return settings
 
+    def explain(self, exc: BaseException | None = None, since: float | None = None) -> str:
+        """One line on why a client of this connection failed: the authentication or TLS
+        failure the client libraries logged (when there was one since `since`, monotonic),
+        else the exception itself. Never contains the password."""
+        found = classify_exception(exc) if exc is not None else None
+        found = found or CLIENT_FAILURES.recent(since)
+        if found is not None and found[0] == "authentication":
+            text = (f"authentication failed: the broker refused {self.sasl_mechanism} user "
+                    f"{self.sasl_username!r} ({_strip_prefix(found[1])}); check KAFKA_SASL_USERNAME and "
+                    "the password (KAFKA_SASL_PASSWORD_FILE or KAFKA_SASL_PASSWORD)") if self.uses_sasl else \
+                f"authentication failed ({_strip_prefix(found[1])})"
+        elif found is not None:
+            text = (f"TLS handshake failed ({found[1]}); check KAFKA_SSL_CAFILE (the CA that signed the "
+                    "broker's certificate) and the bootstrap host name")
+        elif exc is not None:
+            name, message = type(exc).__name__, str(exc)
+            text = message if message.startswith(name) else f"{name}: {message}" if message else name
+        else:
+            text = "no broker answered"
+        return self._redact(text)
+
+    def check(self, timeout_s: float = 15.0) -> None:
+        """Connect once and fetch cluster metadata; raise KafkaAuthenticationError (refused
+        credentials, failed TLS handshake) or KafkaUnavailableError with one clear line."""
+        logger = logging.getLogger("kafka")
+        saved = None
+        if CLIENT_FAILURES not in logger.handlers:  # not under `kpp`: capture for this check only
+            saved = (logger.level, logger.propagate)
+            logger.addHandler(CLIENT_FAILURES)
+            if not logger.isEnabledFor(logging.WARNING):
+                logger.setLevel(logging.WARNING)
+                logger.propagate = False
+        try:
+            self._check(timeout_s)
+        finally:
+            if saved is not None:
+                logger.removeHandler(CLIENT_FAILURES)
+                logger.setLevel(saved[0])
+                logger.propagate = saved[1]
+
+    def _check(self, timeout_s: float) -> None:
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        started = time.monotonic()
+        deadline = started + timeout_s
+        while True:
+            # short attempts: a refused login is final, no need to wait out the whole timeout
+            attempt_s = max(0.5, min(3.0, deadline - time.monotonic()))
+            admin = None
+            try:
+                admin = KafkaAdminClient(**self.kafka_python_kwargs(), client_id="kpp-connection-check",
+                                         bootstrap_timeout_ms=int(attempt_s * 1000),
+                                         request_timeout_ms=int(max(attempt_s, 5.0) * 1000))
+                admin.describe_cluster()
+                return
+            except (KafkaError, OSError, ValueError) as exc:
+                reason = self.explain(exc, since=started)
+                final = reason.startswith(("authentication failed", "TLS"))
+                if final or time.monotonic() >= deadline:
+                    error = KafkaAuthenticationError if final else KafkaUnavailableError
+                    raise error(f"Kafka at {self.describe()}: {reason}") from None
+            finally:
+                if admin is not None:
+                    admin.close()
+
+    def _redact(self, text: str) -> str:
+        if self.sasl_password is not None and self.sasl_password.reveal():
+            text = text.replace(self.sasl_password.reveal(), "***")
+        return text
+
     def describe(self) -> str:
         """For logs: where and how we connect, never with what secret."""
         who = f" as {self.sasl_username} ({self.sasl_mechanism})" if self.uses_sasl else ""
         return f"{self.bootstrap} [{self.security_protocol}]{who}"
+
+
+def _strip_prefix(text: str) -> str:
+    """kafka-python repeats the class name: "[Error 58] SaslAuthenticationFailedError:
+    SaslAuthenticationFailedError: Authentication failed ..." -> "Authentication failed ..."."""
+    head, sep, tail = text.rpartition("Error: ")
+    return tail if sep and tail else text

@@ -10,6 +10,7 @@ import os
 import sys
 
 from contracts.errors import KppError
+from contracts.kafka import capture_client_failures
 
 # (module, purpose shown in `kpp --help`); order is the order of the help text.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -61,12 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Client libraries log every connection at INFO and every failed reconnect at ERROR:
+    # a storm during an outage. Our stages log each outage once, when it starts and ends;
+    # the Kafka clients' records are kept back, but the cause of a failed connection
+    # (refused credentials, TLS) is taken from them (contracts/kafka.py).
+    capture_client_failures("kafka", show_below_critical=args.log_level == "DEBUG")
     if args.log_level != "DEBUG":
-        # Client libraries log every connection at INFO and every failed reconnect at ERROR:
-        # a storm during an outage. Our stages log each outage once, when it starts and ends.
         for noisy in ("httpx", "httpcore"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-        logging.getLogger("kafka").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
     except KppError as exc:

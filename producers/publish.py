@@ -49,6 +49,7 @@ BACKOFF_MAX_S = 5.0
 STALL_WARNING_S = 5.0  # a batch unacknowledged this long counts as "Kafka unreachable"
 FAILURES_BEFORE_RECREATE = 2
 BOOTSTRAP_TIMEOUT_MS = 2000  # one connection attempt of the producer constructor
+AUTH_CAUSE_ATTEMPTS = 3  # SASL: attempts the outage warning waits for a named cause
 
 
 @dataclass(frozen=True)
@@ -193,10 +194,20 @@ class Publisher:
             self._wake.clear()
             return failures
         if self._producer is None:
+            attempt = time.monotonic()
             try:
                 self._producer = self._create_producer()
             except Exception as exc:  # noqa: BLE001 - no broker, bad credentials, ...: retry later
-                self._failed(f"cannot connect: {_describe(exc)}")
+                # explain(): a refused login or TLS handshake, named from the client's records
+                # (of any attempt in this outage). kafka-python reports a refused SASL login as
+                # a bootstrap timeout and shows the cause on some attempts only: with SASL, the
+                # one warning waits up to AUTH_CAUSE_ATTEMPTS attempts for a named cause.
+                with self._lock:
+                    since = self._outage_since if self._outage_since is not None else attempt
+                reason = self.connection.explain(exc, since=since)
+                named = reason.startswith(("authentication failed", "TLS handshake failed"))
+                defer = self.connection.uses_sasl and not named and failures + 1 < AUTH_CAUSE_ATTEMPTS
+                self._failed(f"cannot connect: {reason}", defer_warning=defer)
                 self._sleep(_backoff(failures + 1))
                 return failures + 1
         if self._send_batch(self.spool.peek(self.batch_records)):
@@ -336,7 +347,7 @@ class Publisher:
 
     # -- connection state -------------------------------------------------------------------
 
-    def _failed(self, error: str, *, count: bool = True) -> None:
+    def _failed(self, error: str, *, count: bool = True, defer_warning: bool = False) -> None:
         with self._lock:
             if count:
                 self._errors += 1
@@ -344,8 +355,8 @@ class Publisher:
             self._connected = False
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
-            warn = not self._warned
-            self._warned = True
+            warn = not self._warned and not defer_warning
+            self._warned = self._warned or warn
         if warn:
             log.warning("Kafka at %s unreachable for topic %s: %s; spooling (%d records pending)",
                         self.connection.describe(), self.topic, error, self.spool.depth)

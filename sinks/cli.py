@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("sink %s → %s: topics %s, group %s, Kafka %s", values["to"], loop.writer.url,
              ", ".join(loop.settings.topics), loop.settings.group_id, connection.describe())
     try:
+        connection.check(timeout_s=30.0)  # refused credentials: one clear error and exit
         loop.run(stop)
     finally:
         loop.writer.close()

@@ -13,6 +13,10 @@ environment:
   KPP_STATE_DIR              state folder for jars, data, logs, PID files (default .kpp)
   KPP_KAFKA_PORT             Kafka PLAINTEXT port on 127.0.0.1 (default 9092)
   KPP_KAFKA_CONTROLLER_PORT  KRaft controller port (default 9093)
+  KPP_KAFKA_SASL_SSL         1: also a SASL_SSL listener (SCRAM-SHA-512 user, private CA;
+                             files in $KPP_STATE_DIR/kafka/secrets) (default off)
+  KPP_KAFKA_SASL_SSL_PORT    its port on 127.0.0.1 (default 9094)
+  KPP_KAFKA_SASL_USERNAME    its SCRAM user, created when the storage is formatted (default kpp)
   KPP_VM_PORT                VictoriaMetrics HTTP port on 127.0.0.1 (default 8428)
   KAFKA_BOOTSTRAP            use this existing broker; start no Kafka
   VM_URL                     use this existing VictoriaMetrics; start none
@@ -46,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
         for service in stack:
             print(service.up(), flush=True)
         print(f"export KAFKA_BOOTSTRAP={settings.kafka_bootstrap} VM_URL={settings.vm_url}")
+        if settings.kafka_secured_bootstrap:
+            env = KafkaService(settings).secured_client_env()
+            print("# the SASL_SSL listener (the password stays in its file):")
+            print("export " + " ".join(f"{name}={value}" for name, value in env.items()))
         return 0
     if args.action == "down":
         for service in reversed(stack):  # Kafka last: nothing of ours reads the store after it

@@ -18,6 +18,11 @@ class StackSettings:
     external_vm: str | None  # VM_URL: use this store, start none
     kafka_start_timeout: float
     vm_start_timeout: float
+    # KPP_KAFKA_SASL_SSL=1: an extra SASL_SSL listener (SCRAM-SHA-512 user, private CA) next
+    # to the PLAINTEXT one; see stack/kafka.py
+    kafka_sasl_ssl: bool = False
+    kafka_sasl_ssl_port: int = 9094
+    kafka_sasl_username: str = "kpp"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "StackSettings":
@@ -31,11 +36,21 @@ class StackSettings:
             external_vm=env.get("VM_URL") or None,
             kafka_start_timeout=float(env.get("KPP_KAFKA_START_TIMEOUT", "90")),
             vm_start_timeout=float(env.get("KPP_VM_START_TIMEOUT", "30")),
+            kafka_sasl_ssl=env.get("KPP_KAFKA_SASL_SSL", "").strip().lower() in ("1", "true", "yes", "on"),
+            kafka_sasl_ssl_port=int(env.get("KPP_KAFKA_SASL_SSL_PORT", "9094")),
+            kafka_sasl_username=env.get("KPP_KAFKA_SASL_USERNAME") or "kpp",
         )
 
     @property
     def kafka_bootstrap(self) -> str:
         return self.external_kafka or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def kafka_secured_bootstrap(self) -> str | None:
+        """The SASL_SSL listener of the local broker, when it has one."""
+        if self.external_kafka or not self.kafka_sasl_ssl:
+            return None
+        return f"127.0.0.1:{self.kafka_sasl_ssl_port}"
 
     @property
     def vm_url(self) -> str:
