@@ -4,7 +4,6 @@ records the store rejects for good."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -115,10 +114,11 @@ def test_store_down_for_20_seconds_then_back_every_point_exactly_once(
         vm.stop()
 
 
-def _sink_process(vm_url: str, topic: str, group: str, listen: str, dlq: str, log: Path) -> subprocess.Popen:
+def _sink_process(kafka: KafkaConnection, vm_url: str, topic: str, group: str, listen: str, dlq: str,
+                  log: Path) -> subprocess.Popen:
     argv = [sys.executable, "-m", "kpp", "sink", "--to", "victoriametrics", "--url", vm_url, "--topics", topic,
             "--group", group, "--listen", listen, "--batch-points", "600", "--batch-interval", "0.2",
-            "--dlq-topic", dlq, "--kafka-bootstrap", os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")]
+            "--dlq-topic", dlq, "--kafka-bootstrap", kafka.bootstrap]
     with open(log, "ab") as fh:
         return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=fh)
 
@@ -147,7 +147,7 @@ def test_sink_killed_with_sigkill_mid_run_and_restarted_loses_nothing(
     feeder = threading.Thread(target=lambda: [produce_records(kafka, topic_name, records[i:i + 100])
                                               or time.sleep(0.2) for i in range(0, len(records), 100)])
     feeder.start()
-    proc = _sink_process(vm_url, topic_name, group, listen, dlq, log)
+    proc = _sink_process(kafka, vm_url, topic_name, group, listen, dlq, log)
     try:
         assert wait_for(lambda: _metric(listen, "kpp_sink_points_written_total") > 0, 40), \
             "the sink process wrote nothing"
@@ -160,7 +160,7 @@ def test_sink_killed_with_sigkill_mid_run_and_restarted_loses_nothing(
         committed = group_offsets(kafka, group)
         assert sum(committed.values()) < len(records)
         feeder.join()
-        proc = _sink_process(vm_url, topic_name, group, listen, dlq, log)
+        proc = _sink_process(kafka, vm_url, topic_name, group, listen, dlq, log)
         assert wait_for(lambda: group_offsets(kafka, group) == end_offsets(kafka, topic_name), 60), \
             "the restarted sink did not commit everything"
         # Self-observability of the restarted process.
