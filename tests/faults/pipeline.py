@@ -1,0 +1,271 @@
+"""The whole pipeline as real processes, and the golden run it must equal.
+
+* `ScheduledCluster`: the simulator with node faults switched at planned instants instead
+  of by HTTP calls, so the faulty run and the golden run see the same fault history. A
+  scheduled switch is applied lazily, before the first look at the node at or after its
+  time, which is what `Cluster.set_fault(node, mode, at=t)` called at t would have done.
+* `tick_clock`: the simulator's clock cut down to the scrape interval. Producers scrape at
+  aligned ticks, so the server answers "as of the tick" even when the request arrives late
+  (up to the producer's timeout, which is below the interval, on a loaded machine): the same
+  tick gives the same bytes in both runs.
+* `golden_record`: what a producer publishes for (node, tick), computed WITHOUT Kafka or
+  HTTP: the simulator rendered at the tick, through the producer's own `build_record`.
+* `Procs`: the child processes (producers, stream workers, sink), each with a log file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
+
+from contracts.kafka import KafkaConnection
+from contracts.records import ScrapeRecord
+from producers.node import NodeSettings, build_record
+from producers.scrape import ScrapeOutcome
+from producers.select import Selector
+from simulator import Cluster
+from sinks.series import derived_points
+from contracts.derived import DerivedRecord
+from tests.conftest import REPO
+
+KPP = [sys.executable, "-m", "kpp"]
+
+
+def tick_clock(interval_s: float, early_s: float = 0.1):
+    """The tick a request belongs to: producers never ask before their tick (a timer may fire
+    a little early: `early_s`), and give up after their timeout (< the interval)."""
+    def clock() -> float:
+        return math.floor((time.time() + early_s) / interval_s) * interval_s
+    return clock
+
+
+class ScheduledCluster(Cluster):
+    """A `Cluster` whose node faults follow `schedule` ({node: [(epoch_s, mode), ...]})."""
+
+    def __init__(self, *args, schedule: dict[str, list[tuple[float, str]]], clock=time.time, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.schedule = {node: sorted(events) for node, events in schedule.items()}
+        self.applied = {node: 0 for node in self.schedule}
+        self.clock = clock
+        self._schedule_lock = threading.Lock()
+
+    def apply_until(self, node: str, t: float) -> None:
+        with self._schedule_lock:
+            events = self.schedule.get(node, ())
+            i = self.applied.get(node, 0)
+            while i < len(events) and events[i][0] <= t + 1e-6:
+                super().set_fault(node, events[i][1], at=events[i][0])
+                i += 1
+            if events:
+                self.applied[node] = i
+
+    # the server asks for the mode (serving-level faults) without a time: "now" on its clock
+    def fault(self, node: str) -> str:
+        self.apply_until(node, self.clock())
+        return super().fault(node)
+
+    def render(self, node: str, at: float) -> str:
+        self.apply_until(node, at)
+        return super().render(node, at)
+
+    def mode_at(self, node: str, t: float) -> str:
+        self.apply_until(node, t)
+        return super().fault(node)
+
+
+def golden_record(sim: ScheduledCluster, node: str, ts_ms: int, *, cluster: str, target: str,
+                  interval_s: float, selector: Selector) -> ScrapeRecord:
+    """The record `kpp produce` publishes for `node` at tick `ts_ms` (duration 0; a dropped
+    connection's error text is the transport's, so it is only "some error" here)."""
+    t = ts_ms / 1000
+    mode = sim.mode_at(node, t)
+    if mode == "gone":
+        outcome = ScrapeOutcome(None, 0.0, 0, "transport", "connection closed without a response")
+    elif mode == "http500":
+        outcome = ScrapeOutcome(None, 0.0, 0, "http_status", "HTTP 500 Internal Server Error")
+    elif mode == "slow":
+        raise AssertionError("`slow` depends on timing: not part of the golden run")
+    else:
+        body = sim.render(node, t)
+        outcome = ScrapeOutcome(body, 0.0, len(body.encode()), "ok")
+    record, _ = build_record(NodeSettings(node=node, cluster=cluster, interval_s=interval_s), target, ts_ms,
+                             outcome, selector)
+    return record
+
+
+def same_scrape(got: ScrapeRecord, want: ScrapeRecord, mode: str) -> str | None:
+    """Why the published record differs from the golden one (None when equal); the scrape
+    duration is the only field that may differ, and a dropped connection's error text."""
+    for name in ("node", "cluster", "target", "scrape_ts_ms", "up", "body_bytes", "kube_proxy_metrics",
+                 "samples", "families", "labels"):
+        if getattr(got, name) != getattr(want, name):
+            return f"{name}: {str(getattr(got, name))[:200]} != {str(getattr(want, name))[:200]}"
+    if mode == "gone":
+        return None if got.error else "a dropped connection without an error"
+    if got.error != want.error:
+        return f"error: {got.error!r} != {want.error!r}"
+    return None
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+class Procs:
+    """Child processes by name, each logging to <logs>/<name>.log."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        logs.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def kill9(self, name: str) -> None:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop(self, names: list[str], timeout: float = 30) -> dict[str, int]:
+        for name in names:
+            if self.procs[name].poll() is None:
+                self.procs[name].send_signal(signal.SIGTERM)
+        codes = {}
+        deadline = time.monotonic() + timeout
+        for name in names:
+            proc = self.procs[name]
+            try:
+                codes[name] = proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = proc.wait()
+        return codes
+
+    def stop_all(self) -> None:
+        self.stop([n for n, p in self.procs.items() if p.poll() is None], timeout=20)
+
+    def dead(self, names: list[str] | None = None) -> list[tuple[str, int]]:
+        return [(n, p.returncode) for n, p in self.procs.items()
+                if (names is None or n in names) and p.poll() is not None]
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+
+def scrape_metric(port: int, name: str, **labels: str) -> float:
+    """Sum of a metric's samples on a process's /metrics whose labels include `labels`."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    total = 0.0
+    for line in text.splitlines():
+        if not (line.startswith(name + " ") or line.startswith(name + "{")):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def skipped_ticks(log: str) -> int:
+    return sum(int(n) for n in re.findall(r"(\d+) tick\(s\) skipped", log))
+
+
+# -- Kafka read-back ---------------------------------------------------------------------
+
+
+def read_all(connection: KafkaConnection, topic: str, timeout: float = 60) -> list:
+    """Every message of `topic` up to its end offsets at call time."""
+    consumer = KafkaConsumer(**connection.kafka_python_kwargs(), group_id=None, enable_auto_commit=False,
+                             auto_offset_reset="earliest")
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        out = []
+        deadline = time.monotonic() + timeout
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {topic} to its end within {timeout} s")
+            for records in consumer.poll(timeout_ms=500, max_records=5000).values():
+                out.extend(records)
+        return out
+    finally:
+        consumer.close()
+
+
+def group_lag(connection: KafkaConnection, group: str, topics: list[str]) -> int:
+    """Records of `topics` the consumer group has not committed yet."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(**connection.kafka_python_kwargs())
+    consumer = KafkaConsumer(**connection.kafka_python_kwargs(), group_id=None)
+    try:
+        committed = {(tp.topic, tp.partition): m.offset for tp, m in
+                     admin.list_group_offsets({group: None}).get(group, {}).items()}
+        tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
+        ends = consumer.end_offsets(tps)
+        return sum(max(0, end - max(0, committed.get((tp.topic, tp.partition), 0))) for tp, end in ends.items())
+    finally:
+        consumer.close()
+        admin.close()
+
+
+# -- derived series ----------------------------------------------------------------------
+
+
+def golden_points(records: list[DerivedRecord]) -> dict[tuple, dict[int, float]]:
+    """{(series name, labels): {timestamp_ms: value}} as the sink writes them to
+    VictoriaMetrics (which drops NaN on ingestion)."""
+    out: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for record in records:
+        for point in derived_points(record):
+            if point.value != point.value:  # NaN
+                continue
+            key = (point.name, tuple(sorted(point.labels)))
+            previous = out[key].get(point.timestamp_ms)
+            assert previous is None or previous == point.value, f"golden run conflicts with itself at {key}"
+            out[key][point.timestamp_ms] = point.value
+    return dict(out)
+
+
+def compare_points(got: dict[tuple, list[tuple[int, float]]], want: dict[tuple, dict[int, float]],
+                   rel: float) -> list[str]:
+    """Differences between the store's series and the golden ones (empty when equal)."""
+    problems = []
+    for key in sorted(set(got) | set(want), key=str):
+        have = got.get(key, [])
+        stamps = [t for t, _ in have]
+        if len(stamps) != len(set(stamps)):
+            problems.append(f"{key}: duplicated timestamps in the store")
+        have_map = dict(have)
+        expect = want.get(key, {})
+        missing = sorted(set(expect) - set(have_map))
+        extra = sorted(set(have_map) - set(expect))
+        if missing:
+            problems.append(f"{key}: {len(missing)} point(s) missing, e.g. {missing[:3]}")
+        if extra:
+            problems.append(f"{key}: {len(extra)} unexpected point(s), e.g. {extra[:3]}")
+        for ts in set(expect) & set(have_map):
+            a, b = have_map[ts], expect[ts]
+            if a != b and not abs(a - b) <= rel * max(abs(a), abs(b)):
+                problems.append(f"{key}@{ts}: {a!r} != golden {b!r}")
+    return problems
