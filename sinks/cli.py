@@ -14,7 +14,7 @@ import time
 from contracts.config import vm_url
 from contracts.errors import ConfigError
 from contracts.kafka import KafkaConnection
-from contracts.options import Option, add_to, byte_size, load_toml, positive_float, resolve
+from contracts.options import Option, add_command, byte_size, positive_float, resolve_command
 from contracts.topics import DEFAULT_PREFIX, Topics
 from contracts.selfmetrics import Counters, serve
 from sinks.loop import LoopSettings, SinkLoop
@@ -71,21 +71,12 @@ to the store. Offsets are committed only after the store acknowledged a batch; w
 store is away consumption pauses and writes are retried with backoff. Records the store
 rejects for good, and records that cannot be decoded, go to <prefix>.dlq with the reason.
 Run as many sink processes as partitions allow: they share the group.
-
-Settings come from flags, then environment variables, then the TOML file given with
---config (keys are the flag names with underscores), then defaults.
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "sink", help="write the derived topics to VictoriaMetrics, remote write or Influx",
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", metavar="FILE", default=os.environ.get("KPP_SINK_CONFIG"),
-                        help="TOML file with settings (env KPP_SINK_CONFIG)")
-    add_to(parser, OPTIONS, "sink")
-    KafkaConnection.add_cli_arguments(parser)
+    parser = add_command(subparsers, "sink", help="write the derived topics to VictoriaMetrics, remote write or Influx",
+                         description=DESCRIPTION, options=OPTIONS, config_env="KPP_SINK_CONFIG")
     parser.set_defaults(func=run)
 
 
@@ -122,7 +113,7 @@ def build(values: dict, connection: KafkaConnection, counters: Counters) -> Sink
 
 
 def run(args: argparse.Namespace) -> int:
-    values = resolve(OPTIONS, args, load_toml(args.config))
+    values = resolve_command(OPTIONS, args)
     connection = KafkaConnection.from_sources(args)
     counters = Counters()
     loop = build(values, connection, counters)

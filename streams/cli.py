@@ -9,7 +9,7 @@ import os
 
 from contracts.errors import ConfigError
 from contracts.kafka import KafkaConnection
-from contracts.options import Option, add_to, load_toml, positive_float, resolve
+from contracts.options import Option, add_command, positive_float, resolve_command
 from contracts.topics import DEFAULT_PREFIX
 from streams.config import DEFAULT_QUANTILES, StreamSettings
 
@@ -89,26 +89,17 @@ closes when its partition's watermark (newest scrape time - allowed lateness) pa
 end, or when the partition saw no message for the idle timeout. A cluster window closes
 when every partition of the samples topic has closed it (see streams/cluster.py).
 Scale out by starting more workers with the same topic prefix.
-
-Settings come from flags, then environment variables, then the TOML file given with
---config (keys are the flag names with underscores), then defaults.
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "stream", help="compute windowed rates, quantiles, health and the SLI (Faust worker)",
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", metavar="FILE", default=os.environ.get("KPP_STREAM_CONFIG"),
-                        help="TOML file with settings (env KPP_STREAM_CONFIG)")
-    add_to(parser, OPTIONS, "stream")
-    KafkaConnection.add_cli_arguments(parser)
+    parser = add_command(subparsers, "stream", help="compute windowed rates, quantiles, health and the SLI (Faust worker)",
+                         description=DESCRIPTION, options=OPTIONS, config_env="KPP_STREAM_CONFIG")
     parser.set_defaults(func=run)
 
 
 def settings_from(args: argparse.Namespace) -> StreamSettings:
-    values = resolve(OPTIONS, args, load_toml(args.config))
+    values = resolve_command(OPTIONS, args)
     data_dir = values["data_dir"] or os.path.join(os.environ.get("KPP_STATE_DIR", ".kpp"), "streams",
                                                   values["topic_prefix"])
     try:
