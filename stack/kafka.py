@@ -31,9 +31,8 @@ import time
 import uuid
 from pathlib import Path
 
-from contracts.errors import KppError
 from contracts.kafka import KafkaConnection
-from stack.process import ManagedProcess, port_in_use, port_open
+from stack.process import ManagedProcess, StackError, port_in_use, port_open
 from stack.settings import StackSettings
 from stack.tls import TlsError, make_ca, make_certificate, pem_keystore
 
@@ -53,10 +52,6 @@ rootLogger.appenderRef.stdout.ref = STDOUT
 logger.server.name = kafka.server.KafkaRaftServer
 logger.server.level = INFO
 """
-
-
-class StackError(KppError):
-    """A service of the local stack cannot be installed, started or reached."""
 
 
 def server_properties(settings: StackSettings, data_dir: Path, keystore: Path | None = None) -> str:
@@ -317,29 +312,15 @@ class KafkaService:
         self.ensure_jars()
         self.ensure_formatted()
         started = time.monotonic()
-        pid = self.process.start(
-            self._java("kafka.Kafka", str(self.home / "server.properties"), heap=HEAP), cwd=self.home
+        pid = self.process.start_healthy(
+            self._java("kafka.Kafka", str(self.home / "server.properties"), heap=HEAP), cwd=self.home,
+            healthy=self.healthy, timeout=self.settings.kafka_start_timeout, answer="answer a metadata request",
         )
-        try:
-            self._wait_healthy(pid)
-        except StackError:
-            self.process.stop(timeout=10)  # a half-started service helps nobody; its log stays
-            raise
         return f"kafka: started (pid {pid}) at {self.where()} in {time.monotonic() - started:.1f} s"
 
     def _wait_healthy(self, pid: int) -> None:
-        deadline = time.monotonic() + self.settings.kafka_start_timeout
-        while time.monotonic() < deadline:
-            if not self.process.alive(pid):
-                raise StackError(f"kafka exited during start-up; last lines of {self.process.log_file}:\n"
-                                 f"{self.process.log_tail()}")
-            if self.healthy():
-                return
-            time.sleep(0.5)
-        raise StackError(
-            f"kafka did not answer a metadata request within {self.settings.kafka_start_timeout:.0f} s; "
-            f"last lines of {self.process.log_file}:\n{self.process.log_tail()}"
-        )
+        self.process.wait_healthy(pid, healthy=self.healthy, timeout=self.settings.kafka_start_timeout,
+                                  answer="answer a metadata request")
 
     def down(self) -> str:
         if self.settings.external_kafka:

@@ -15,6 +15,13 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+from contracts.errors import KppError
+
+
+class StackError(KppError):
+    """A service of the local stack cannot be installed, started or reached."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,33 @@ class ManagedProcess:
                 time.sleep(0.1)
         self.pid_file.unlink(missing_ok=True)
         return True
+
+    def wait_healthy(self, pid: int, *, healthy: Callable[[], bool], timeout: float, answer: str,
+                     poll: float = 0.5) -> None:
+        """Return once `healthy()` holds; a StackError with the last lines of the log when the
+        process dies or stays unhealthy for `timeout` s. `answer` names what healthy means."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive(pid):
+                raise StackError(f"{self.name} exited during start-up; last lines of {self.log_file}:\n"
+                                 f"{self.log_tail()}")
+            if healthy():
+                return
+            time.sleep(poll)
+        raise StackError(f"{self.name} did not {answer} within {timeout:.0f} s; "
+                         f"last lines of {self.log_file}:\n{self.log_tail()}")
+
+    def start_healthy(self, argv: list[str], *, cwd: Path, healthy: Callable[[], bool], timeout: float,
+                      answer: str, poll: float = 0.5) -> int:
+        """Start the process and wait until it is healthy; stop it again when it is not
+        (a half-started service helps nobody; its log stays)."""
+        pid = self.start(argv, cwd=cwd)
+        try:
+            self.wait_healthy(pid, healthy=healthy, timeout=timeout, answer=answer, poll=poll)
+        except StackError:
+            self.stop(timeout=10)
+            raise
+        return pid
 
     def log_tail(self, lines: int = 20) -> str:
         try:

@@ -18,8 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from stack.kafka import StackError
-from stack.process import ManagedProcess, port_in_use
+from stack.process import ManagedProcess, StackError, port_in_use
 from stack.settings import StackSettings
 
 PACKAGE = "victoria-metrics"
@@ -91,7 +90,7 @@ class VictoriaMetricsService:
         binary = self.ensure_binary()
         self.home.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        pid = self.process.start(
+        pid = self.process.start_healthy(
             [
                 binary,
                 f"-httpListenAddr=127.0.0.1:{port}",
@@ -101,30 +100,14 @@ class VictoriaMetricsService:
                 "-retentionPeriod=100y",
                 "-loggerLevel=WARN",
             ],
-            cwd=self.home,
+            cwd=self.home, healthy=self.healthy, timeout=self.settings.vm_start_timeout,
+            answer="answer /health", poll=0.2,
         )
-        try:
-            self._wait_healthy(pid)
-        except StackError:
-            self.process.stop(timeout=10)  # a half-started service helps nobody; its log stays
-            raise
         return f"victoriametrics: started (pid {pid}) at {self.address} in {time.monotonic() - started:.1f} s"
 
     def _wait_healthy(self, pid: int) -> None:
-        deadline = time.monotonic() + self.settings.vm_start_timeout
-        while time.monotonic() < deadline:
-            if not self.process.alive(pid):
-                raise StackError(
-                    f"victoriametrics exited during start-up; last lines of {self.process.log_file}:\n"
-                    f"{self.process.log_tail()}"
-                )
-            if self.healthy():
-                return
-            time.sleep(0.2)
-        raise StackError(
-            f"victoriametrics did not answer /health within {self.settings.vm_start_timeout:.0f} s; "
-            f"last lines of {self.process.log_file}:\n{self.process.log_tail()}"
-        )
+        self.process.wait_healthy(pid, healthy=self.healthy, timeout=self.settings.vm_start_timeout,
+                                  answer="answer /health", poll=0.2)
 
     def down(self) -> str:
         if self.settings.external_vm:
