@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import cpu_model  # noqa: E402
+from bench.machine import cpu_model, emit  # noqa: E402
 from producers.parser import clear_caches, parse  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -195,9 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         report.append(f"| {label} | {count:,} | {warm:,.0f} | {cold:,.0f} | {reference:,.0f} "
                       f"| {warm / reference:.1f}x | {cold / reference:.1f}x |")
     text = "\n".join(report) + "\n"
-    print(text, end="")
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
+    emit(text, args.out)
     return 0
 
 

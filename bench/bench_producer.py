@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from bench.machine import describe  # noqa: E402
+from bench.machine import describe, emit  # noqa: E402
 from contracts.kafka import KafkaConnection  # noqa: E402
 from producers.node import NodeSettings, build_record  # noqa: E402
 from producers.scrape import ScrapeOutcome  # noqa: E402
@@ -160,10 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "≫ 1 node's 1/15 s |",
     ]
     text_report = "\n".join(report) + "\n"
-    print(text_report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text_report)
+    emit(text_report, args.out)
     return 0
 
 

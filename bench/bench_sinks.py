@@ -34,7 +34,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import describe  # noqa: E402
+from bench.machine import describe, emit  # noqa: E402
 from contracts.config import vm_url  # noqa: E402
 from contracts.derived import DerivedRecord  # noqa: E402
 from contracts.kafka import KafkaConnection  # noqa: E402
@@ -169,10 +169,7 @@ def main() -> int:
           for to, sink, bare_enc, bare_fast, bare in rows),
     ]
     text = "\n".join(report) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit(text, args.out)
     return 0
 
 

@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer  # noqa: E402
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 from kafka.admin import NewTopic  # noqa: E402
 
-from bench.machine import describe  # noqa: E402
+from bench.machine import describe, emit  # noqa: E402
 from contracts.kafka import KafkaConnection  # noqa: E402
 from contracts.records import ScrapeRecord  # noqa: E402
 from tests.streams.simdata import scrape_records  # noqa: E402
@@ -146,9 +146,7 @@ def main() -> None:
         f"target >= 1,000 scrapes/s.",
     ]
     report = "\n".join(lines) + "\n"
-    print(report, end="")
-    if args.out:
-        Path(args.out).write_text(report, encoding="utf-8")
+    emit(report, args.out)
 
 if __name__ == "__main__":
     main()

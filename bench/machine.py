@@ -1,10 +1,11 @@
-"""The machine a benchmark ran on, for the header of its report."""
+"""What every benchmark report shares: the machine it ran on, and how it is written."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
 import platform
+from pathlib import Path
 
 
 def cpu_model() -> str:
@@ -26,3 +27,12 @@ def describe() -> list[str]:
         f"- python: {platform.python_implementation()} {platform.python_version()}",
         f"- load average at start: {load}",
     ]
+
+
+def emit(report: str, out: Path | str | None) -> None:
+    """Print the markdown report, and also write it to `out` when given (`make bench` collects those)."""
+    print(report)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(report, encoding="utf-8")
