@@ -1,9 +1,6 @@
-"""Faust glue: topics, the two tables, the two agents and the idle timer. Each agent takes the
-Kafka messages in batches (`take_events`: Faust acknowledges a batch's events only after the
-loop body finished with it), hands each message to streams.stages and flushes the stage once
-per batch: outputs are acknowledged together, then each changed state is written once.
-Nothing lets an exception escape (Faust would acknowledge the events anyway): a failure goes
-to the DLQ with its reason."""
+"""Faust glue: topics, the two tables, the two agents and the idle timer. Each agent decodes
+the Kafka message, hands it to streams.stages and never lets an exception escape (Faust
+would acknowledge the event anyway): a failure goes to the DLQ with its reason."""
 
 from __future__ import annotations
 
@@ -17,31 +14,6 @@ from streams.config import StreamSettings
 from streams.stages import ClusterStage, NodeStage, dead_letter
 
 log = logging.getLogger("kpp.stream")
-
-#: Events per batch, and how long a batch waits to fill (seconds).
-BATCH_MAX = 500
-BATCH_WITHIN = 0.1
-
-
-class ChangelogTable:
-    """A Faust table as the stages use it: `get`, and `write_in` with an explicit changelog
-    partition (a batch mixes events of several partitions, so Faust's "current event" cannot
-    choose it). The same store write and changelog record as `table[key] = value`."""
-
-    def __init__(self, table) -> None:
-        self.table = table
-
-    def get(self, key: str, default=None):
-        return self.table.data.get(key, default)
-
-    def write_in(self, part: int, key: str, raw: bytes | None) -> None:
-        table = self.table
-        if raw is None:
-            table.data.pop(key, None)
-            table.send_changelog(part, key, None, value_serializer="raw")
-        else:
-            table.data[key] = raw
-            table.send_changelog(part, key, raw)
 
 
 def wire(app: faust.App, settings: StreamSettings) -> dict:
@@ -61,20 +33,12 @@ def wire(app: faust.App, settings: StreamSettings) -> dict:
     node_table = app.Table(TABLES[0], key_type=str, value_type=bytes, partitions=n)
     cluster_table = app.Table(TABLES[1], key_type=str, value_type=bytes, partitions=n)
 
-    producer = None
-
     async def send(topic: str, key, value: bytes, ts_ms, part):
-        # Straight to Faust's producer (the aiokafka one, same partitioner): Topic.send's
-        # FutureMessage and sensor machinery cost more than the send itself, ~8 per scrape.
-        # The topics are still declared above, so Faust creates them at start-up.
-        nonlocal producer
-        if producer is None:
-            producer = await app.maybe_start_producer()
-        return await producer.send(topic, key, value, partition=part,
-                                   timestamp=None if ts_ms is None else ts_ms / 1000.0, headers=None)
+        return await outputs[topic].send(key=key, value=value, partition=part,
+                                         timestamp=None if ts_ms is None else ts_ms / 1000.0)
 
-    node_stage = NodeStage(settings, ChangelogTable(node_table), send)
-    cluster_stage = ClusterStage(settings, ChangelogTable(cluster_table), send)
+    node_stage = NodeStage(settings, node_table, send)
+    cluster_stage = ClusterStage(settings, cluster_table, send)
 
     async def to_dlq(stage: str, event: faust.EventT, exc: BaseException) -> None:
         msg = event.message
@@ -87,38 +51,26 @@ def wire(app: faust.App, settings: StreamSettings) -> dict:
         except Exception:  # noqa: BLE001 - keep the agent alive whatever happens
             log.exception("could not write to the DLQ")
 
-    async def flush(stage_name: str, stage, events) -> None:
-        try:
-            await stage.flush()
-        except Exception as exc:  # noqa: BLE001 - outputs not acknowledged: states are not written
-            stage.discard()
-            for event in events:
-                await to_dlq(stage_name, event, exc)
-
     @app.agent(samples_in, name="kpp-node-stage")
     async def node_agent(stream):
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN):
-            for event in events:
-                msg = event.message
-                try:
-                    if msg.topic == settings.ticks_topic:
-                        await node_stage.tick(msg.partition)
-                    else:
-                        await node_stage.sample(msg.partition, msg.offset, msg.key, msg.value)
-                except Exception as exc:  # noqa: BLE001
-                    await to_dlq("node", event, exc)
-            await flush("node", node_stage, events)
+        async for event in stream.events():
+            msg = event.message
+            try:
+                if msg.topic == settings.ticks_topic:
+                    await node_stage.on_tick(msg.partition)
+                else:
+                    await node_stage.on_sample(msg.partition, msg.offset, msg.key, msg.value)
+            except Exception as exc:  # noqa: BLE001
+                await to_dlq("node", event, exc)
 
     @app.agent(partials_in, name="kpp-cluster-stage")
     async def cluster_agent(stream):
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN):
-            for event in events:
-                msg = event.message
-                try:
-                    await cluster_stage.message(msg.partition, msg.offset, msg.key, msg.value)
-                except Exception as exc:  # noqa: BLE001
-                    await to_dlq("cluster", event, exc)
-            await flush("cluster", cluster_stage, events)
+        async for event in stream.events():
+            msg = event.message
+            try:
+                await cluster_stage.on_message(msg.partition, msg.offset, msg.key, msg.value)
+            except Exception as exc:  # noqa: BLE001
+                await to_dlq("cluster", event, exc)
 
     tick_every = max(0.5, min(5.0, settings.idle_timeout_s / 4))
 

@@ -24,9 +24,9 @@ import orjson
 
 from contracts.codec import DecodeError, dumps
 from contracts.derived import DerivedRecord
+from contracts.records import ScrapeRecord
 from streams import aggregate, cluster, node_state, partition
 from streams.config import StreamSettings
-from streams.decode import fast_decode
 
 log = logging.getLogger("kpp.stream")
 
@@ -34,91 +34,13 @@ log = logging.getLogger("kpp.stream")
 Send = Callable[[str, bytes | None, bytes, int | None, int | None], Awaitable[Awaitable[Any]]]
 
 
-class StateCache:
-    """Write-back cache of a stage's table for one batch of events.
-
-    Values are decoded once when first read in a batch, changed in place, and written back by
-    `writes()` once per batch (and only when their encoding changed), in an order chosen by
-    the stage (`rank`) so that whatever prefix of the writes reaches the changelog before a
-    crash is a state the stage can resume from. Everything is forgotten after `writes()`:
-    nothing cached outlives a batch, so a rebalance never meets stale values.
-
-    The table is dict-like (`get`); it is written through `write_in(partition, key, raw)`
-    when it has one (the Faust adapter: the changelog partition is explicit because a
-    batch mixes events of several partitions), else with `table[key] = raw` /
-    `table.pop(key)` (plain dicts, as the in-process runs use)."""
-
-    __slots__ = ("table", "rank", "values", "raw", "dirty")
-    _UNKNOWN = object()
-
-    def __init__(self, table: MutableMapping, rank: Callable[[str, Any], int]) -> None:
-        self.table = table
-        self.rank = rank
-        self.values: dict[str, Any] = {}  # key -> decoded dict, raw bytes, or None (absent)
-        self.raw: dict[str, bytes | None] = {}  # key -> bytes as read from the table
-        self.dirty: dict[str, int | None] = {}  # key -> changelog partition
-
-    def get(self, key: str) -> dict | None:
-        """The decoded JSON value of `key`, or None."""
-        try:
-            value = self.values[key]
-        except KeyError:
-            raw = self.raw[key] = self.table.get(key)
-            value = self.values[key] = None if raw is None else orjson.loads(raw)
-            return value
-        return orjson.loads(value) if isinstance(value, bytes) else value
-
-    def get_bytes(self, key: str) -> bytes | None:
-        """The encoded value of `key`, or None."""
-        if key in self.values:
-            value = self.values[key]
-            return value if value is None or isinstance(value, bytes) else orjson.dumps(value)
-        raw = self.raw[key] = self.table.get(key)
-        self.values[key] = raw
-        return raw
-
-    def put(self, part: int | None, key: str, value: Any) -> None:
-        """Set `key` to a JSON-able dict or to raw bytes (written at the end of the batch)."""
-        self.values[key] = value
-        self.dirty[key] = part
-
-    def delete(self, part: int | None, key: str) -> None:
-        self.values[key] = None
-        self.dirty[key] = part
-
-    def writes(self) -> list[tuple[int | None, str, bytes | None]]:
-        """(partition, key, bytes or None to delete) of every changed key, in rank order (stable
-        within a rank); forgets the batch."""
-        out = []
-        get = self.table.get
-        for key, part in self.dirty.items():
-            value = self.values[key]
-            raw = value if value is None or isinstance(value, bytes) else orjson.dumps(value)
-            before = self.raw.get(key, self._UNKNOWN)
-            if before is self._UNKNOWN:
-                before = get(key)
-            if before == raw:
-                continue  # unchanged: no changelog record
-            out.append((self.rank(key, raw), part, key, raw))
-        self.clear()
-        out.sort(key=lambda w: w[0])
-        return [(part, key, raw) for _rank, part, key, raw in out]
-
-    def clear(self) -> None:
-        self.values.clear()
-        self.raw.clear()
-        self.dirty.clear()
+def _load(table: MutableMapping, key: str) -> dict | None:
+    raw = table.get(key)
+    return None if raw is None else orjson.loads(raw)
 
 
-def write_table(table: MutableMapping, writes: list[tuple[int | None, str, bytes | None]]) -> None:
-    write_in = getattr(table, "write_in", None)
-    for part, key, raw in writes:
-        if write_in is not None:
-            write_in(part, key, raw)
-        elif raw is None:
-            table.pop(key, None)
-        else:
-            table[key] = raw
+def _store(table: MutableMapping, key: str, value: dict) -> None:
+    table[key] = orjson.dumps(value)
 
 
 def dead_letter(reason: str, topic: str, partition_: int, offset: int, key: bytes | None, value: Any) -> bytes:
@@ -136,7 +58,7 @@ def dead_letter(reason: str, topic: str, partition_: int, offset: int, key: byte
 
 
 class Outbox:
-    """Collects the sends of a batch and waits until Kafka acknowledged all of them."""
+    """Collects sends of one step and waits until Kafka acknowledged all of them."""
 
     def __init__(self, send: Send) -> None:
         self.send = send
@@ -156,27 +78,8 @@ class Outbox:
             await asyncio.gather(*pending)
 
 
-def _node_rank(key: str, _raw: Any) -> int:
-    # node states before the partition states: a partition state on the changelog implies
-    # the node states of its batch are there too (one changelog partition keeps order)
-    return 1 if key.startswith("partition:") else 0
-
-
-def _cluster_rank(key: str, raw: Any) -> int:
-    # new partials, then the index (which lists them and marks windows closed), then the
-    # deletion of the partials of closed windows
-    if key.startswith("index:"):
-        return 1
-    return 2 if raw is None else 0
-
-
 class NodeStage:
-    """Agent logic on `<prefix>.samples` (+ idle ticks), one instance per worker.
-
-    `on_sample` / `on_tick` process one event and persist it (`flush`) before returning.
-    A batch driver calls `sample` / `tick` for each event of a batch, then `flush` once:
-    the outputs of the whole batch are sent without waiting, their acknowledgements are
-    awaited together, and only then is each changed state written (once per batch)."""
+    """Agent logic on `<prefix>.samples` (+ idle ticks), one instance per worker."""
 
     def __init__(self, settings: StreamSettings, table: MutableMapping, send: Send,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -185,8 +88,6 @@ class NodeStage:
         self.send = send
         self.clock = clock
         self.topics = settings.topics
-        self.cache = StateCache(table, _node_rank)
-        self.out = Outbox(send)
         self.last_event: dict[int, float] = {}  # wall clock of the last event per partition
         self._ticked: dict[int, float | None] = {}
         self.stats = {"scrapes": 0, "late": 0, "dlq": 0, "duplicates": 0, "replayed": 0}
@@ -194,46 +95,20 @@ class NodeStage:
     # -- events ----------------------------------------------------------------------
 
     async def on_sample(self, part: int, offset: int, key: bytes | None, value: bytes) -> None:
-        await self.sample(part, offset, key, value)
-        await self.flush()
-
-    async def on_tick(self, part: int) -> None:
-        await self.tick(part)
-        await self.flush()
-
-    async def flush(self) -> None:
-        """Wait until every output of the batch is acknowledged, then write the changed
-        states (the state saying "window closed" never precedes the window's outputs)."""
-        try:
-            await self.out.delivered()
-        except BaseException:
-            self.cache.clear()  # nothing of an unacknowledged batch is persisted
-            raise
-        write_table(self.table, self.cache.writes())
-
-    def discard(self) -> None:
-        """Forget the batch (after a failure): its outputs may be re-emitted, its states are
-        not written."""
-        self.out.pending.clear()
-        self.cache.clear()
-
-    async def sample(self, part: int, offset: int, key: bytes | None, value: bytes) -> None:
-        """One scrape of a batch (persisted by the next `flush`)."""
         self.last_event[part] = self.clock()
-        out, cache = self.out, self.cache
+        out = Outbox(self.send)
         try:
-            record = fast_decode(value)
+            record = ScrapeRecord.decode(value)
         except DecodeError as exc:
             self.stats["dlq"] += 1
             await out.put(self.topics.dlq, key, dead_letter(str(exc), self.topics.samples, part, offset, key, value),
                           None)
+            await out.delivered()
             return
         pkey = f"partition:{part}"
         nkey = f"node:{record.node}"
-        pstate = cache.get(pkey)
-        if pstate is None:
-            pstate = partition.new_partition_state()
-        nstate = cache.get(nkey)
+        pstate = _load(self.table, pkey) or partition.new_partition_state()
+        nstate = _load(self.table, nkey)
         replay = nstate is not None and offset <= nstate["off"]
         ts = record.scrape_ts_ms
         if pstate["idle"]:
@@ -247,19 +122,21 @@ class NodeStage:
                     "reason": reason, "stage": "node", "topic": self.topics.samples, "partition": part,
                     "offset": offset, "node": record.node, "cluster": record.cluster, "scrape_ts_ms": ts,
                     "record": record.to_json()}), ts)
+                await out.delivered()
                 if nstate is not None:
                     nstate["off"] = offset
-                    cache.put(part, nkey, nstate)
-                cache.put(part, pkey, pstate)
+                    _store(self.table, nkey, nstate)
+                _store(self.table, pkey, pstate)
                 return
+        before = orjson.dumps(pstate)
         partition.observe(pstate, ts, record.node, self.settings)
         due = partition.due_windows(pstate, self.settings)
         if due:
             await self._close(out, part, pstate, due, idle=False)
-            nstate = cache.get(nkey)  # the close may have changed or dropped it
+        else:
+            await out.delivered()
         if not replay:
-            if nstate is None:
-                nstate = node_state.new_state(record)
+            nstate = _load(self.table, nkey) or node_state.new_state(record)
             if nstate["ts"] is not None and ts <= nstate["ts"]:
                 self.stats["duplicates"] += 1
                 node_state.count_duplicate(nstate, ts, self.settings)
@@ -268,10 +145,11 @@ class NodeStage:
                 nstate["cluster"] = record.cluster
                 node_state.apply_scrape(nstate, record, self.settings)
             nstate["off"] = offset
-            cache.put(part, nkey, nstate)
+            _store(self.table, nkey, nstate)
         else:
             self.stats["replayed"] += 1
-        cache.put(part, pkey, pstate)  # written only if its encoding changed
+        if orjson.dumps(pstate) != before:
+            _store(self.table, pkey, pstate)
 
     def idle_partitions(self, assigned: set[int]) -> list[int]:
         """Assigned partitions without an event for idle_timeout (wall clock)."""
@@ -294,20 +172,19 @@ class NodeStage:
         self._ticked[part] = last
         return True
 
-    async def tick(self, part: int) -> None:
-        """An idle tick for `part` (in a batch): if it is still idle, close everything it has open."""
+    async def on_tick(self, part: int) -> None:
+        """An idle tick for `part`: if it is still idle, close everything it has open."""
         if part not in self.idle_partitions(set(self.last_event) | {part}):
             return
         pkey = f"partition:{part}"
-        pstate = self.cache.get(pkey)
-        if pstate is None:
-            pstate = partition.new_partition_state()
+        pstate = _load(self.table, pkey) or partition.new_partition_state()
         if pstate["idle"]:
             return
+        out = Outbox(self.send)
         due = partition.due_windows(pstate, self.settings, idle=True)
         pstate["idle"] = True
-        await self._close(self.out, part, pstate, due, idle=True)
-        self.cache.put(part, pkey, pstate)
+        await self._close(out, part, pstate, due, idle=True)
+        _store(self.table, pkey, pstate)
         log.info("partition %d idle for %.0f s: closed %d window(s)", part, self.settings.idle_timeout_s, len(due))
 
     # -- closing ---------------------------------------------------------------------
@@ -321,7 +198,7 @@ class NodeStage:
         for size, start in due:
             for node in list(pstate["nodes"]):
                 if node not in states:
-                    states[node] = self.cache.get(f"node:{node}")
+                    states[node] = _load(self.table, f"node:{node}")
                 st = states[node]
                 if st is None:
                     continue
@@ -342,12 +219,12 @@ class NodeStage:
             await out.put(self.settings.cluster_partials_topic, p["cluster"].encode(), dumps(p),
                           p["start_ms"] + p["size_ms"])
         await self._marker(out, part, pstate, idle=idle)
-        # written by flush(), after everything above was acknowledged
+        await out.delivered()  # everything acknowledged before the state says "closed"
         for node, st in states.items():
             if node in gone:
-                self.cache.delete(part, f"node:{node}")
+                self.table.pop(f"node:{node}", None)
             elif st is not None:
-                self.cache.put(part, f"node:{node}", st)
+                _store(self.table, f"node:{node}", st)
 
     async def _marker(self, out: Outbox, part: int, pstate: dict, idle: bool) -> None:
         marker = dumps({"type": "progress", "src": part, "through": partition.progress(pstate), "idle": idle})
@@ -356,10 +233,7 @@ class NodeStage:
 
 
 class ClusterStage:
-    """Agent logic on `<prefix>.cluster-partials` (keyed by cluster).
-
-    Like NodeStage: `on_message` processes and persists one message; a batch driver calls
-    `message` per message and `flush` once per batch."""
+    """Agent logic on `<prefix>.cluster-partials` (keyed by cluster)."""
 
     def __init__(self, settings: StreamSettings, table: MutableMapping, send: Send,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -368,8 +242,6 @@ class ClusterStage:
         self.send = send
         self.clock = clock
         self.topics = settings.topics
-        self.cache = StateCache(table, _cluster_rank)
-        self.out = Outbox(send)
         self.started = clock()
         self.heard: dict[int, float] = {}
         self.stats = {"partials": 0, "late": 0, "dlq": 0, "windows": 0}
@@ -380,25 +252,7 @@ class ClusterStage:
                 if now - self.heard.get(src, self.started) >= self.settings.cluster_timeout_s]
 
     async def on_message(self, q: int, offset: int, key: bytes | None, value: bytes) -> None:
-        await self.message(q, offset, key, value)
-        await self.flush()
-
-    async def flush(self) -> None:
-        """Wait for every output of the batch, then write the changed index and partials."""
-        try:
-            await self.out.delivered()
-        except BaseException:
-            self.cache.clear()
-            raise
-        write_table(self.table, self.cache.writes())
-
-    def discard(self) -> None:
-        self.out.pending.clear()
-        self.cache.clear()
-
-    async def message(self, q: int, offset: int, key: bytes | None, value: bytes) -> None:
-        """One message of a batch (persisted by the next `flush`)."""
-        out, cache = self.out, self.cache
+        out = Outbox(self.send)
         try:
             msg = orjson.loads(value)
             kind = msg["type"]
@@ -407,12 +261,11 @@ class ClusterStage:
             self.stats["dlq"] += 1
             await out.put(self.topics.dlq, key, dead_letter(f"bad cluster partial: {exc!r}",
                           self.settings.cluster_partials_topic, q, offset, key, value), None)
+            await out.delivered()
             return
         self.heard[src] = self.clock()
         ikey = f"index:{q}"
-        index = cache.get(ikey)
-        if index is None:
-            index = cluster.new_index()
+        index = _load(self.table, ikey) or cluster.new_index()
         if kind == "progress":
             cluster.apply_progress(index, src, msg["through"], msg["idle"])
         else:
@@ -426,18 +279,21 @@ class ClusterStage:
                     start + size)
             elif cluster.add_partial(index, name, size, start, node):
                 self.stats["partials"] += 1
-                cache.put(q, cluster.partial_key(name, size, start, node), value)
+                self.table[cluster.partial_key(name, size, start, node)] = value
         due = cluster.due_windows(index, self.settings, self.silent())
+        drop: list[str] = []
         for name, size, start in due:
             nodes = cluster.take_window(index, name, size, start)
             keys = [cluster.partial_key(name, size, start, n) for n in nodes]
-            partials = [orjson.loads(raw) for raw in map(cache.get_bytes, keys) if raw is not None]
+            partials = [orjson.loads(self.table[k]) for k in keys if self.table.get(k) is not None]
             merged = aggregate.merge(partials, self.settings)
             history = (cluster.roll_slo(index, name, start, merged, self.settings)
                        if size == self.settings.step_s * 1000 else None)
             await out.records(aggregate.cluster_records(name, size, start, merged, self.settings, history),
                               self.topics)
-            for k in keys:
-                cache.delete(q, k)  # written after the outputs were acknowledged
+            drop.extend(keys)
             self.stats["windows"] += 1
-        cache.put(q, ikey, index)
+        await out.delivered()
+        for k in drop:
+            self.table.pop(k, None)
+        _store(self.table, ikey, index)
