@@ -3,6 +3,7 @@ when it is not there they FAIL, never skip: a green run must mean the real thing
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import time
@@ -83,14 +84,9 @@ def wait_until(predicate, timeout: float) -> bool:  # noqa: ANN001
     return predicate()
 
 
-@pytest.fixture
-def private_kafka(tmp_path: Path, stack_settings: StackSettings):  # noqa: ANN201
-    """A second, private Kafka with its own state folder and ports, stopped afterwards."""
-    settings = StackSettings.from_env({
-        "KPP_STATE_DIR": str(tmp_path / "state"),
-        "KPP_KAFKA_PORT": str(free_port()),
-        "KPP_KAFKA_CONTROLLER_PORT": str(free_port()),
-    })
+@contextlib.contextmanager
+def running_kafka(settings: StackSettings, stack_settings: StackSettings):  # noqa: ANN201
+    """Start a Kafka of its own (state folder and ports from `settings`), stop it afterwards."""
     service = KafkaService(settings)
     # Reuse the main stack's resolved jars when it has them (saves a Maven run); the stamp
     # makes ensure_jars() check them as usual.
@@ -102,3 +98,15 @@ def private_kafka(tmp_path: Path, stack_settings: StackSettings):  # noqa: ANN20
         yield service
     finally:
         service.down()
+
+
+@pytest.fixture
+def private_kafka(tmp_path: Path, stack_settings: StackSettings):  # noqa: ANN201
+    """A second, private Kafka with its own state folder and ports, stopped afterwards."""
+    settings = StackSettings.from_env({
+        "KPP_STATE_DIR": str(tmp_path / "state"),
+        "KPP_KAFKA_PORT": str(free_port()),
+        "KPP_KAFKA_CONTROLLER_PORT": str(free_port()),
+    })
+    with running_kafka(settings, stack_settings) as service:
+        yield service

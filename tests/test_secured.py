@@ -36,7 +36,7 @@ from contracts.topics import Topics
 from stack.kafka import KafkaService
 from stack.settings import StackSettings
 from stack.tls import make_ca, make_certificate
-from tests.conftest import FIXTURES, REPO, consume, free_port
+from tests.conftest import FIXTURES, REPO, consume, free_port, running_kafka
 from tests.sinks.helpers import vm_export, wait_for
 from tests.streams.harness import Collector, create_topics
 
@@ -58,17 +58,8 @@ def secured_kafka(tmp_path_factory, stack_settings: StackSettings):  # noqa: ANN
         "KPP_KAFKA_SASL_SSL": "1",
         "KPP_KAFKA_SASL_SSL_PORT": str(free_port()),
     })
-    service = KafkaService(settings)
-    main_libs = KafkaService(stack_settings).libs
-    if (main_libs / ".pom-sha256").is_file():  # reuse the main stack's jars (no Maven run)
-        import shutil
-
-        shutil.copytree(main_libs, service.libs)
-    service.up()
-    try:
+    with running_kafka(settings, stack_settings) as service:
         yield service
-    finally:
-        service.down()
 
 
 # -- the HTTPS kube-proxy endpoint -------------------------------------------------------------
