@@ -9,22 +9,45 @@ topic prefix; every `--sample-every` seconds records the RSS (/proc/<pid>/status
 CPU time of every process (the stack's Kafka and VictoriaMetrics too) and the consumer lag
 of the stream workers (on <prefix>.samples) and of the sink (on the derived topics).
 
-Writes <out>/soak.csv (long format: t_s, what, process, value; `what` is rss_mb, cpu_s or
-lag), <out>/soak.png (lag, RSS of the pipeline processes, RSS of the producers), and prints
-the growth of every process's RSS from the end of the warm-up to the end, the CPU it used
-and the largest lag.
+End-to-end lag: a background thread of this process reads <prefix>.health from the start
+(kafka-python, no consumer group) and, for every node-scope record of the smallest window
+size, takes
+
+    e2e lag = wall-clock time the record was received here - window.end_ms / 1000
+
+i.e. the delay from the end of the window (the newest scrape time the record can contain:
+scrape times are the producers' wall clock) to the derived record being readable by a
+consumer. It includes the stream's allowed lateness (a deliberate wait for late scrapes:
+a window closes only once a scrape newer than its end + lateness arrives), so it is also
+reported minus that lateness as "processing lag" (which still includes up to one scrape
+interval of waiting for that scrape, the producers' publishing, the stream's work and the
+fetch). The lateness and window sizes are read from the stream worker's start-up log line.
+Records of windows that ended before the warm-up ended are left out (backfill effects).
+Percentiles are nearest-rank on the sorted list (the smallest value with at least p% of
+the records at or below it), not interpolated.
+
+Writes <out>/soak.csv (long format: t_s, what, process, value; `what` is rss_mb, cpu_s,
+lag, or e2e_lag_s with process "health": one row per health record, t_s = when received),
+<out>/soak.png (lag, RSS of the pipeline processes, RSS of the producers, end-to-end lag
+per window), <out>/soak.md (a summary to paste into bench/RESULTS.md), and prints the
+growth of every process's RSS from the end of the warm-up to the end, the CPU it used, the
+largest lag and the end-to-end lag percentiles.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import math
 import os
+import re
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -33,6 +56,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import describe  # noqa: E402
 from bench.png import Panel, Series, chart  # noqa: E402
 from contracts.kafka import KafkaConnection  # noqa: E402
 from contracts.topics import Topics  # noqa: E402
@@ -94,6 +118,73 @@ class Lag:
         self.admin.close()
 
 
+class HealthLag(threading.Thread):
+    """Reads <prefix>.health from the earliest offset (no consumer group) and keeps, for every
+    node-scope record, (wall-clock time received, window end ms, window size s, node)."""
+
+    def __init__(self, connection: KafkaConnection, topic: str) -> None:
+        super().__init__(name="health-lag", daemon=True)
+        self.connection, self.topic = connection, topic
+        self.stopping = threading.Event()
+        self.records: list[tuple[float, int, int, str]] = []
+        self.undecodable = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from kafka import KafkaConsumer
+        from kafka.structs import TopicPartition
+
+        try:
+            consumer = KafkaConsumer(**self.connection.kafka_python_kwargs(), group_id=None,
+                                     auto_offset_reset="earliest", enable_auto_commit=False)
+        except Exception as exc:  # noqa: BLE001 - reported at the end, the soak goes on
+            self.error = exc
+            return
+        try:
+            partitions = None
+            while not partitions and not self.stopping.is_set():
+                partitions = consumer.partitions_for_topic(self.topic)
+                if not partitions:
+                    self.stopping.wait(1.0)
+            if partitions:
+                consumer.assign([TopicPartition(self.topic, p) for p in sorted(partitions)])
+            while not self.stopping.is_set() and partitions:
+                batches = consumer.poll(timeout_ms=500)
+                received = time.time()
+                for messages in batches.values():
+                    for message in messages:
+                        try:
+                            obj = json.loads(message.value)
+                            if obj["scope"] != "node":
+                                continue
+                            window = obj["window"]
+                            self.records.append((received, int(window["end_ms"]), int(window["size_s"]),
+                                                 str(obj["node"])))
+                        except (ValueError, KeyError, TypeError):
+                            self.undecodable += 1
+        except Exception as exc:  # noqa: BLE001 - reported at the end, the soak goes on
+            self.error = exc
+        finally:
+            consumer.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(30)
+
+
+def stream_started_with(log_text: str) -> tuple[list[int], float] | None:
+    """Window sizes and allowed lateness from the stream worker's "streaming ..." log line."""
+    found = re.search(r"windows \[([0-9, ]*)\] s, lateness ([0-9.eE+-]+) s", log_text)
+    if not found:
+        return None
+    return [int(w) for w in found.group(1).split(",") if w.strip()], float(found.group(2))
+
+
+def percentile(ordered: list[float], p: float) -> float:
+    """Nearest-rank percentile of an ascending, non-empty list."""
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
 def least_squares_slope(points: list[tuple[float, float]]) -> float:
     if len(points) < 2:
         return 0.0
@@ -114,9 +205,11 @@ def main() -> int:
                         help="stream window seconds, repeatable (default the stream's: 60 and 300)")
     parser.add_argument("--sample-every", type=float, default=10.0, help="seconds between samples (default 10)")
     parser.add_argument("--warmup", type=float, default=None,
-                        help="seconds excluded from the growth figures (default: 20%% of the run, at most 120)")
+                        help="seconds excluded from the growth figures, and windows ending before it from the "
+                             "end-to-end lag (default: 20%% of the run, at most 120)")
     parser.add_argument("--out", default=str(REPO / "bench" / "out"))
     args = parser.parse_args()
+    machine = describe()  # before the run: its load average is the one at the start
 
     stack = StackSettings.from_env()
     connection = KafkaConnection(bootstrap=stack.kafka_bootstrap)
@@ -147,6 +240,8 @@ def main() -> int:
           f"worker(s), {args.partitions} partitions, prefix {prefix}; logs in {logs}", flush=True)
     rows: list[tuple[float, str, str, float]] = []
     lag = None
+    health: HealthLag | None = None
+    started_with: tuple[list[int], float] | None = None
     try:
         start("simulator", KPP + ["simulate", "--nodes", str(args.nodes), "--seed", "1", "--port", str(sim_port)])
         start("stream-0", KPP + ["stream", "--topic-prefix", prefix, "--partitions", str(args.partitions),
@@ -156,6 +251,9 @@ def main() -> int:
             if time.monotonic() > deadline or procs["stream-0"].poll() is not None:
                 raise SystemExit("the stream worker did not start; see " + str(logs / "stream-0.log"))
             time.sleep(0.5)
+        started_with = stream_started_with((logs / "stream-0.log").read_text(errors="replace"))
+        health = HealthLag(connection, topics.health)
+        health.start()
         for w in range(1, args.workers):
             start(f"stream-{w}", KPP + ["stream", "--topic-prefix", prefix, "--partitions", str(args.partitions),
                                         "--data-dir", str(work / f"stream-{w}"), *windows, *kafka_flags])
@@ -179,7 +277,9 @@ def main() -> int:
             watched["victoriametrics"] = vm_pid
         lag = Lag(connection)
         began = time.monotonic()
+        began_wall = time.time()
         next_sample = began
+        seen = 0
         while True:
             t = time.monotonic() - began
             for name, pid in watched.items():
@@ -194,15 +294,22 @@ def main() -> int:
             rows.append((t, "lag", "sink", sink_lag))
             dead = [(n, p.returncode) for n, p in procs.items() if p.poll() is not None]
             producers_rss = [v for tt, w, n, v in rows if tt == t and w == "rss_mb" and n.startswith("produce-")]
+            fresh = health.records[seen:]
+            seen += len(fresh)
+            newest = max(fresh, key=lambda r: r[1]) if fresh else None
             print(f"[{t:6.0f} s] lag stream {stream_lag:6d} sink {sink_lag:6d} · RSS stream "
                   f"{rss_mb(watched['stream-0']) or 0:.0f} MB, sink {rss_mb(watched['sink']) or 0:.0f} MB, "
-                  f"producers median {statistics.median(producers_rss) if producers_rss else 0:.1f} MB"
+                  f"producers median {statistics.median(producers_rss) if producers_rss else 0:.1f} MB · "
+                  f"health records +{len(fresh)}"
+                  + (f" (newest window lag {newest[0] - newest[1] / 1000:.0f} s)" if newest else "")
                   + (f" · DEAD: {dead}" if dead else ""), flush=True)
             if t >= duration:
                 break
             next_sample += args.sample_every
             time.sleep(max(0.0, next_sample - time.monotonic()))
     finally:
+        if health is not None:
+            health.stop()  # before the pipeline stops: what a shutdown flushes is not counted
         if lag is not None:
             lag.close()
         for proc in procs.values():
@@ -214,6 +321,17 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    # End-to-end lag of node health records of the smallest window size, windows ending after the warm-up.
+    lateness = started_with[1] if started_with else None
+    sizes = started_with[0] if started_with and started_with[0] else sorted({r[2] for r in health.records})
+    smallest = min(sizes) if sizes else None
+    warmup_end_ms = (began_wall + warmup) * 1000
+    kept = [r for r in health.records if r[2] == smallest and r[1] >= warmup_end_ms]
+    excluded = sum(1 for r in health.records if r[2] == smallest) - len(kept)
+    e2e = sorted(received - end_ms / 1000 for received, end_ms, _, _ in kept)
+    for received, end_ms, _, _ in sorted(kept):
+        rows.append((received - began_wall, "e2e_lag_s", "health", received - end_ms / 1000))
 
     with open(out / "soak.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -239,6 +357,19 @@ def main() -> int:
             Series("min", [(t, min(v)) for t, v in sorted(by_time.items())]),
         ]),
     ]
+    if kept:
+        by_window: dict[int, list[tuple[float, float]]] = defaultdict(list)
+        for received, end_ms, _, _ in kept:
+            by_window[end_ms].append((received - began_wall, received - end_ms / 1000))
+        per_window = [(statistics.median(t for t, _ in v), sorted(x for _, x in v)) for _, v in sorted(by_window.items())]
+        lag_series = [Series("max per window", [(t, v[-1]) for t, v in per_window]),
+                      Series("median per window", [(t, statistics.median(v)) for t, v in per_window]),
+                      Series("min per window", [(t, v[0]) for t, v in per_window])]
+        if lateness is not None:
+            span = [t for t, _ in per_window]
+            lag_series.append(Series(f"allowed lateness {lateness:g} s",
+                                     [(min(span), lateness), (max(span), lateness)], (127, 127, 127)))
+        panels.append(Panel("end-to-end lag", "s", lag_series))
     (out / "soak.png").write_bytes(chart(panels, "seconds since start"))
 
     print(f"\nRSS growth after the {warmup:.0f} s warm-up (MB at warm-up end -> end; slope MB/h) and CPU used")
@@ -251,21 +382,26 @@ def main() -> int:
         cpu = series.get(("cpu_s", name), [])
         used = cpu[-1][1] - cpu[0][1] if len(cpu) >= 2 else 0.0
         growth[name] = (pts[0][1], pts[-1][1], least_squares_slope(pts) * 3600, used)
+    # (process, RSS start or None, RSS end, growth, MB/h, CPU s)
+    table: list[tuple[str, float | None, float, float, float, float]] = []
     for name in others:
         if name in growth:
             a, b, slope, used = growth[name]
-            print(f"{name:<22} {a:10.1f} {b:9.1f} {b - a:+8.1f} {slope:+8.1f} {used:8.1f}")
+            table.append((name, a, b, b - a, slope, used))
     if producers:
         deltas = sorted(growth[n][1] - growth[n][0] for n in producers if n in growth)
         slopes = sorted(growth[n][2] for n in producers if n in growth)
         cpus = sorted(growth[n][3] for n in producers if n in growth)
         ends = sorted(growth[n][1] for n in producers if n in growth)
         if deltas:
-            print(f"{'producers (median)':<22} {'':>10} {statistics.median(ends):9.1f} "
-                  f"{statistics.median(deltas):+8.1f} {statistics.median(slopes):+8.1f} {statistics.median(cpus):8.1f}")
+            table.append(("producers (median)", None, statistics.median(ends), statistics.median(deltas),
+                          statistics.median(slopes), statistics.median(cpus)))
             worst = max((n for n in producers if n in growth), key=lambda n: growth[n][1] - growth[n][0])
             a, b, slope, used = growth[worst]
-            print(f"{'producers (max) ' + worst[-8:]:<22} {a:10.1f} {b:9.1f} {b - a:+8.1f} {slope:+8.1f} {used:8.1f}")
+            table.append(("producers (max) " + worst[-8:], a, b, b - a, slope, used))
+    for name, a, b, delta, slope, used in table:
+        start_text = f"{a:10.1f}" if a is not None else f"{'':>10}"
+        print(f"{name:<22} {start_text} {b:9.1f} {delta:+8.1f} {slope:+8.1f} {used:8.1f}")
     lags = {n: max(v for _, v in series["lag", n]) for n in ("stream", "sink")}
     finals = {n: series["lag", n][-1][1] for n in ("stream", "sink")}
     print(f"lag: stream max {lags['stream']:.0f}, last {finals['stream']:.0f}; "
@@ -279,7 +415,56 @@ def main() -> int:
               f"({answer.json().get('data', [0])[0] if answer.status_code == 200 else '?'} series in all)")
     except Exception as exc:  # noqa: BLE001 - a summary line, not a check
         print(f"could not ask VictoriaMetrics: {exc}")
-    print(f"wrote {out / 'soak.csv'} and {out / 'soak.png'}")
+
+    quantiles = [("p50", 50), ("p90", 90), ("p99", 99)]
+    lag_rows: list[tuple[str, list[float]]] = []
+    if e2e:
+        lag_rows.append(("end-to-end lag (receive - window end)", e2e))
+        if lateness is not None:
+            lag_rows.append((f"processing lag (end-to-end - {lateness:g} s lateness)", [x - lateness for x in e2e]))
+    print(f"\nend-to-end lag of node health records, {smallest} s windows ending after the warm-up "
+          f"(nearest-rank percentiles; {excluded} earlier record(s) left out"
+          + (f"; allowed lateness {lateness:g} s" if lateness is not None else "; allowed lateness unknown")
+          + (f"; {health.undecodable} undecodable" if health.undecodable else "") + ")")
+    if health.error is not None:
+        print(f"the health consumer failed: {health.error!r}")
+    for label, values in lag_rows:
+        print(f"{label:<44} " + " ".join(f"{q} {percentile(values, p):6.1f} s" for q, p in quantiles)
+              + f" max {values[-1]:6.1f} s, {len(values)} records")
+    if not e2e:
+        print(f"no health record of a window ending after the warm-up (of {len(health.records)} node records)")
+
+    command = (f"bench/soak.py --nodes {args.nodes} --minutes {args.minutes:g} --interval {args.interval:g} "
+               f"--workers {args.workers} --partitions {args.partitions}"
+               + "".join(f" --window {w}" for w in args.window or [])
+               + (f" --warmup {args.warmup:g}" if args.warmup is not None else "")
+               + (f" --sample-every {args.sample_every:g}" if args.sample_every != 10.0 else ""))
+    md = [f"# Soak: {args.nodes} nodes for {args.minutes:g} min", "", *machine, f"- command: `{command}`",
+          f"- setup: {args.nodes} simulated nodes scraped every {args.interval:g} s, {args.workers} stream "
+          f"worker(s), {args.partitions} partitions, windows "
+          + (", ".join(f"{w} s" for w in sizes) if sizes else "?") + ", allowed lateness "
+          + (f"{lateness:g} s" if lateness is not None else "unknown")
+          + f"; warm-up {warmup:.0f} s excluded; sampled every {args.sample_every:g} s", "",
+          "RSS from the end of the warm-up to the end, and CPU used over the run:", "",
+          "| process | RSS at warm-up end MB | RSS at end MB | growth MB | slope MB/h | CPU s |",
+          "|---|---:|---:|---:|---:|---:|"]
+    for name, a, b, delta, slope, used in table:
+        md.append(f"| {name} | {'' if a is None else f'{a:.1f}'} | {b:.1f} | {delta:+.1f} | {slope:+.1f} | {used:.1f} |")
+    md += ["", f"Consumer lag (records): stream max {lags['stream']:.0f}, last {finals['stream']:.0f}; "
+           f"sink max {lags['sink']:.0f}, last {finals['sink']:.0f}.", ""]
+    if e2e:
+        md += [f"End-to-end lag of the node health records of the {smallest} s windows that ended after the "
+               f"warm-up: wall-clock time a consumer received the record minus the window end (the newest "
+               f"scrape time it can contain). It includes the allowed lateness, a deliberate wait for late "
+               f"scrapes; processing lag is that minus the lateness. Nearest-rank percentiles.", "",
+               "| measure | p50 s | p90 s | p99 s | max s | records |", "|---|---:|---:|---:|---:|---:|"]
+        for label, values in lag_rows:
+            md.append(f"| {label} | " + " | ".join(f"{percentile(values, p):.1f}" for _, p in quantiles)
+                      + f" | {values[-1]:.1f} | {len(values)} |")
+    else:
+        md.append("End-to-end lag: no health record of a window ending after the warm-up was received.")
+    (out / "soak.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    print(f"wrote {out / 'soak.csv'}, {out / 'soak.png'} and {out / 'soak.md'}")
     return 0
 
 
