@@ -124,7 +124,8 @@ def main() -> None:
     values = [(r.key, r.encode(), r.scrape_ts_ms) for r in records]
     samples = sum(len(r.samples) for r in records) / len(records)
     admin = KafkaAdminClient(**conn.kafka_python_kwargs())
-    admin.create_topics([NewTopic(f"{prefix}.samples", args.partitions, 1)])
+    # simulated scrapes are stamped in 2023: unlimited retention, or Kafka may delete them mid-run
+    admin.create_topics([NewTopic(f"{prefix}.samples", args.partitions, 1, topic_configs={"retention.ms": "-1"})])
     admin.close()
     produce(conn, f"{prefix}.samples", values)
     bare = asyncio.run(bare_consumer(conn, f"{prefix}.samples", len(values)))

@@ -16,7 +16,7 @@ from contracts.codec import float_from_json, float_to_json
 from contracts.derived import DerivedRecord
 from streams.config import StreamSettings, quantile_name
 from streams.node_state import NETPROG, le_from_key, split_sid
-from streams.quantiles import histogram_mean, histogram_quantile
+from streams.quantiles import histogram_mean, histogram_quantile, histogram_quantiles
 
 #: Counters whose increase is a restore failure (health: "restore_failures").
 RESTORE_FAILURES = (
@@ -33,10 +33,14 @@ def _f(value: Any) -> float:
 
 
 def quantile_values(buckets: dict[str, float], count: float, total: Any, quantiles: Iterable[float]) -> dict:
-    pairs = [(le_from_key(k), v) for k, v in buckets.items()]
     values: dict[str, float | None] = {}
-    for q in quantiles:
-        values[quantile_name(q)] = histogram_quantile(q, pairs) if count > 0 else None
+    if count > 0:
+        pairs = [(le_from_key(k), v) for k, v in buckets.items()]
+        for q, value in zip(quantiles, histogram_quantiles(quantiles, pairs)):
+            values[quantile_name(q)] = value
+    else:
+        for q in quantiles:
+            values[quantile_name(q)] = None
     values["mean"] = histogram_mean(_f(total), count)
     values["count"] = count
     values["sum"] = _f(total) if count > 0 else 0.0
@@ -196,6 +200,22 @@ def pooled(history: list) -> tuple[dict[str, float], float]:
     return total, count
 
 
+_WINDOW_QUANTILES: dict[tuple, float] = {}
+
+
+def _window_quantile(q: float, buckets: dict[str, float]) -> float:
+    """histogram_quantile of one step window's pooled buckets, remembered: each step window
+    is part of slo_window / step successive SLO records."""
+    key = (q, *buckets.items())
+    value = _WINDOW_QUANTILES.get(key)
+    if value is None:
+        value = histogram_quantile(q, [(le_from_key(k), v) for k, v in buckets.items()])
+        if len(_WINDOW_QUANTILES) >= 50_000:
+            _WINDOW_QUANTILES.clear()
+        _WINDOW_QUANTILES[key] = value
+    return value
+
+
 def slo_record(scope: str, cluster: str, node: str | None, end: int, history: list,
                settings: StreamSettings, contributors: dict) -> DerivedRecord:
     """The network-programming SLI over the rolling SLO window ending at `end`.
@@ -212,7 +232,7 @@ def slo_record(scope: str, cluster: str, node: str | None, end: int, history: li
     per_window = []
     for _start, b, c in history:
         if c > 0:
-            per_window.append(histogram_quantile(q, [(le_from_key(k), v) for k, v in b.items()]))
+            per_window.append(_window_quantile(q, b))
     within_windows = sum(1 for p in per_window if p <= settings.slo_threshold_s)
     values = {
         quantile_name(q): sli,

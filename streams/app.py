@@ -89,6 +89,8 @@ def create_app(settings: StreamSettings, connection: KafkaConnection) -> faust.A
         producer_max_batch_size=1 << 20,
         producer_max_request_size=8 << 20,
         stream_buffer_maxsize=4096,
+        # scrape records are ~14 KB: fetch up to 8 MB per partition, not 1 MB (~75 records)
+        consumer_max_fetch_size=8 << 20,
         autodiscover=False,
         **web,
     )

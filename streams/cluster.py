@@ -22,11 +22,14 @@ window therefore closes when, for every source partition, either
 (2) and (3) only fire when data stopped; a replay of complete data keeps every partition
 progressing, so only (1) closes windows and the output is byte-identical.
 
-A partial for a cluster window already closed goes to the late topic.
+A partial for a cluster window already closed goes to the late topic, unless its source
+partition had already reported the window complete: then it is a re-emission after a crash,
+identical to one the close included, and is skipped.
 
 State per cluster-partials partition (one table key `index:<q>`):
 
-    {"progress": {src: {"through": {size: end}, "idle": bool}},
+    {"off": offset of the last message applied (replays after a restart are skipped),
+     "progress": {src: {"through": {size: end}, "idle": bool}},
      "open": {cluster: {size: {start: [nodes received]}}},
      "closed": {cluster: {size: highest end closed}},
      "slo": {cluster: [[start, pooled netprog buckets, count], ...]}}
@@ -44,7 +47,7 @@ from streams.node_state import pooled_netprog
 
 
 def new_index() -> dict:
-    return {"progress": {}, "open": {}, "closed": {}, "slo": {}}
+    return {"off": -1, "progress": {}, "open": {}, "closed": {}, "slo": {}}
 
 
 def partial_key(cluster: str, size: int, start: int, node: str) -> str:
@@ -65,6 +68,15 @@ def late_reason(index: dict, cluster: str, size: int, start: int) -> str | None:
         return (f"cluster window [{start}, {start + size}) of {cluster!r} already closed "
                 f"(through {closed}): a source partition was idle or silent when it closed")
     return None
+
+
+def reemitted(index: dict, src: int, size: int, start: int) -> bool:
+    """A partial for a window its source partition already reported complete (progress
+    through >= end): a node stage re-closing windows after a crash re-sends identical
+    partials, which the close already included. Truly late partials come from a source the
+    close did not wait for (idle or silent), whose progress was still before the end."""
+    prog = index["progress"].get(str(src))
+    return prog is not None and prog["through"].get(str(size), start) >= start + size
 
 
 def add_partial(index: dict, cluster: str, size: int, start: int, node: str) -> bool:

@@ -11,7 +11,13 @@ orjson), kept compact:
      "first": {size_ms: start of the first window the node takes part in},
      "cb": {series id: counter baseline}, "hb": {series id: histogram baseline},
      "win": {size_ms: {start_ms: open partial}},
-     "slo": [[start_ms, {le: count}, count], ...]   # last step windows, for the rolling SLI}
+     "slo": [[start_ms, {le: count}, count], ...],  # last step windows, for the rolling SLI
+     "done": {size_ms: end of the last window closed for the node}}
+
+`done` makes closing idempotent: the stage writes node states before the partition state
+that records the close, so after a crash between the two the close is repeated, and a node
+that already took part in it is skipped (its outputs were acknowledged before any state was
+written).
 
 A series id is `metric|{"label":"value"}` (sorted JSON labels): a hashable string that
 survives JSON. Metric names drop the `kubeproxy_` prefix; the legacy
@@ -99,9 +105,32 @@ def _info(name: str, fams) -> tuple:
     kind, family, part = _classify(name, fams)
     metric, scale = metric_name(family) if kind else ("", 1.0)
     info = (kind, family, part, metric, scale, fams.get(family))
-    if len(_CLASS_CACHE) < 10_000:
+    if kind and len(_CLASS_CACHE) < 10_000:  # an unknown name may get a family later
         _CLASS_CACHE[name] = info
     return info
+
+
+_ROW_CACHE: dict[tuple, tuple] = {}
+
+
+def _row(name: str, labels: dict, fams) -> tuple:
+    """(kind, series id, part, le, scale, family, family type) of a sample, uncached."""
+    kind, family, part, metric, scale, ftype = _info(name, fams)
+    if not kind:
+        return ("", "", "", None, 1.0, family, ftype)
+    if kind == "histogram" and part == "b":
+        le_text = labels.get("le")
+        le = None if le_text is None else _le(le_text)
+        if le is None:
+            return ("", "", "", None, 1.0, family, ftype)  # skipped, like a bucket without a usable le
+        if len(labels) == 1:
+            series = metric + _EMPTY
+        else:
+            rest = dict(labels)
+            del rest["le"]
+            series = sid(metric, rest)
+        return (kind, series, part, le, scale, family, ftype)
+    return (kind, metric + _EMPTY if not labels else sid(metric, labels), part, None, scale, family, ftype)
 
 
 def group_samples(record: ScrapeRecord) -> Scrape:
@@ -109,40 +138,38 @@ def group_samples(record: ScrapeRecord) -> Scrape:
     out = Scrape()
     raw_hists: dict[str, list] = {}  # sid -> [buckets, count, sum, scale]
     counters, gauges = out.counters, out.gauges
+    cache = _ROW_CACHE
+    fams_get = fams.get
     for sample in record.samples:
-        kind, family, part, metric, scale, _t = _info(sample.name, fams)
+        name, labels, value = sample[0], sample[1], sample[2]
+        key = (name, *labels.items()) if labels else name
+        try:
+            row = cache.get(key)
+        except TypeError:  # a label value that is not a string (the contract allows it)
+            row = key = None
+        # a cached classification holds while the family keeps its TYPE in this scrape
+        if row is None or fams_get(row[5]) != row[6]:
+            row = _row(name, labels, fams)
+            if row[0] and key is not None and len(cache) < 100_000:
+                cache[key] = row
+        kind = row[0]
         if not kind:
             continue
-        labels = sample.labels
         if kind == "counter":
-            counters[metric + _EMPTY if not labels else sid(metric, labels)] = sample.value
+            counters[row[1]] = value
         elif kind == "gauge":
-            gauges[metric + _EMPTY if not labels else sid(metric, labels)] = sample.value
+            gauges[row[1]] = value
         else:
-            if part == "b":
-                le_text = labels.get("le")
-                if le_text is None:
-                    continue
-                le = _le(le_text)
-                if le is None:
-                    continue
-                if len(labels) == 1:
-                    series = metric + _EMPTY
-                else:
-                    rest = dict(labels)
-                    del rest["le"]
-                    series = sid(metric, rest)
-            else:
-                series = metric + _EMPTY if not labels else sid(metric, labels)
+            series, part = row[1], row[2]
             entry = raw_hists.get(series)
             if entry is None:
-                entry = raw_hists[series] = [{}, None, math.nan, scale]
+                entry = raw_hists[series] = [{}, None, math.nan, row[4]]
             if part == "b":
-                entry[0][le] = sample.value
+                entry[0][row[3]] = value
             elif part == "c":
-                entry[1] = sample.value
+                entry[1] = value
             else:
-                entry[2] = sample.value
+                entry[2] = value
     for series, (buckets, count, total, scale) in raw_hists.items():
         if math.inf not in buckets:
             continue  # no +Inf bucket: not a usable classic histogram
@@ -165,18 +192,37 @@ def _classify(name: str, fams) -> tuple[str, str, str]:
 
 # -- histogram baselines as JSON ----------------------------------------------------------
 
+_LES_TO_JSON: dict[tuple, list] = {}
+_LES_FROM_JSON: dict[tuple, list] = {}
+
+
 def snap_to_json(snap: HistogramSnapshot) -> list:
-    les = sorted(snap.buckets)
-    return [[float_to_json(le) for le in les], [snap.buckets[le] for le in les], snap.count, float_to_json(snap.sum)]
+    les = tuple(sorted(snap.buckets))
+    les_json = _LES_TO_JSON.get(les)
+    if les_json is None:
+        les_json = [float_to_json(le) for le in les]
+        if len(_LES_TO_JSON) < 1000:
+            _LES_TO_JSON[les] = les_json
+    buckets = snap.buckets
+    # the bounds list is shared between baselines: it is only ever encoded, never changed
+    return [les_json, [buckets[le] for le in les], snap.count, float_to_json(snap.sum)]
 
 
 def snap_from_json(obj: list) -> HistogramSnapshot:
     les, counts, count, total = obj
-    cache = _LE_JSON
-    keys = []
-    for le in les:
-        f = cache.get(le) if isinstance(le, str) else le
-        keys.append(float_from_json(le) if f is None else f)
+    try:
+        shape = tuple(les)
+        keys = _LES_FROM_JSON.get(shape)
+    except TypeError:
+        shape = keys = None
+    if keys is None:
+        cache = _LE_JSON
+        keys = []
+        for le in les:
+            f = cache.get(le) if isinstance(le, str) else le
+            keys.append(float_from_json(le) if f is None else f)
+        if shape is not None and len(_LES_FROM_JSON) < 1000:
+            _LES_FROM_JSON[shape] = keys
     return HistogramSnapshot(dict(zip(keys, counts)), count, float_from_json(total))
 
 
@@ -287,9 +333,9 @@ def apply_scrape(state: dict, record: ScrapeRecord, settings: StreamSettings) ->
     state["hb"] = new_hb
 
     for series, value in scrape.gauges.items():
+        v = float_to_json(value)
         for partial in targets:
             g = partial["g"].get(series)
-            v = float_to_json(value)
             if g is None:
                 partial["g"][series] = [v, v, v]
             else:
@@ -336,6 +382,11 @@ def close_window(state: dict, size: int, start: int, settings: StreamSettings) -
     first = state["first"].get(str(size))
     if first is None or start < first:
         return None
+    end = start + size
+    done = state.setdefault("done", {})
+    if end <= done.get(str(size), end - 1):
+        return None  # closed and published before a crash; only the partition state missed it
+    done[str(size)] = end
     per_size = state["win"].get(str(size), {})
     partial = per_size.pop(str(start), None)
     # Drop anything older (cannot happen in order, but keeps the state bounded).

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 __all__ = [
     "SMALL_DELTA_TOLERANCE",
+    "histogram_quantiles",
     "histogram_mean",
     "histogram_quantile",
     "merge_buckets",
@@ -141,6 +142,39 @@ def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> floa
         count -= counts[b - 1]
         rank -= counts[b - 1]
     return bucket_start + (bucket_end - bucket_start) * _go_div(rank, count)
+
+
+def histogram_quantiles(qs: Sequence[float], buckets: Sequence[tuple[float, float]]) -> list[float]:
+    """``[histogram_quantile(q, buckets) for q in qs]``, with the buckets sorted, merged and
+    made monotonic once instead of once per quantile (the same steps, the same floats)."""
+    if not buckets or any(math.isnan(le) for le, _ in buckets):
+        return [histogram_quantile(q, buckets) for q in qs]
+    ordered = sorted(buckets, key=lambda b: b[0])
+    if ordered[-1][0] != math.inf:
+        return [histogram_quantile(q, buckets) for q in qs]
+    bounds, counts = _coalesce(ordered)
+    _ensure_monotonic_and_ignore_small_deltas(counts, SMALL_DELTA_TOLERANCE)
+    out = []
+    for q in qs:
+        if math.isnan(q) or q < 0 or q > 1 or len(bounds) < 2 or counts[-1] == 0:
+            out.append(histogram_quantile(q, buckets))
+            continue
+        rank = q * counts[-1]
+        b = _go_sort_search(len(counts) - 1, lambda i: counts[i] >= rank)
+        if b == len(bounds) - 1:
+            out.append(bounds[-2])
+        elif b == 0 and bounds[0] <= 0:
+            out.append(bounds[0])
+        else:
+            bucket_start = 0.0
+            bucket_end = bounds[b]
+            count = counts[b]
+            if b > 0:
+                bucket_start = bounds[b - 1]
+                count -= counts[b - 1]
+                rank -= counts[b - 1]
+            out.append(bucket_start + (bucket_end - bucket_start) * _go_div(rank, count))
+    return out
 
 
 def _coalesce(ordered: Sequence[tuple[float, float]]) -> tuple[list[float], list[float]]:

@@ -1,16 +1,27 @@
 """The two processing stages as plain classes over dict-like tables and an async `send`:
 the Faust agents (streams/agents.py) feed them events; unit tests feed them dicts.
 
-Crash safety (at-least-once): Faust flushes the producer (table changelogs included) before
-it commits input offsets, so after a kill -9 the restored tables reflect at least every
-committed event, and events after the committed offset are processed again. Every step is
-therefore idempotent:
-* node state remembers the input offset it last applied (`off`): a replayed scrape is
-  skipped without being counted as a duplicate;
-* closing a window is keyed by the partition's `next` marker; outputs of a close are sent
-  and their delivery awaited BEFORE the state that marks the window closed is written, so a
-  crash in between re-emits identical records instead of losing them;
-* the cluster stage ignores a partial it already holds.
+Crash safety (at-least-once). A batch's events are acknowledged only after `flush` returned,
+and `flush` returns only after Kafka acknowledged, in this order, (1) every output of the
+batch and (2) every changelog record of the states it changed. So the committed input
+offset never runs ahead of the state on the changelog (Faust's own producer flush before a
+commit can return early with changelog records still queued: the stages do not rely on it),
+and after a kill -9 the restored tables hold at least every committed event, while events
+after the committed offset are processed again. What makes that replay harmless:
+* a node state remembers the input offset it last applied (`off`): a replayed scrape is not
+  applied twice, and not counted as a duplicate either;
+* outputs are acknowledged before the states that say "sent" are written, so a crash in
+  between re-emits identical records instead of losing any;
+* a changelog partition keeps the order of its writes, so a crash keeps a prefix of a
+  flush's writes. Node states are written before partition states, and each node state
+  remembers the last window it closed (`done`): when the partition state's write was lost,
+  the window closes again only for nodes that had not closed it, with identical records —
+  never as an emptied "missing" partial;
+* the cluster index remembers the last offset it applied (`off`) and is written after the
+  new partials and before the deletion of closed windows' partials; a partial for a window
+  its source partition had already reported complete is a re-emission and is skipped
+  (streams/cluster.py), not sent to the late topic.
+tests/streams/test_crash_model.py crashes the stages at every table write and checks this.
 """
 
 from __future__ import annotations
@@ -24,9 +35,9 @@ import orjson
 
 from contracts.codec import DecodeError, dumps
 from contracts.derived import DerivedRecord
-from contracts.records import ScrapeRecord
 from streams import aggregate, cluster, node_state, partition
 from streams.config import StreamSettings
+from streams.decode import fast_decode
 
 log = logging.getLogger("kpp.stream")
 
@@ -34,13 +45,96 @@ log = logging.getLogger("kpp.stream")
 Send = Callable[[str, bytes | None, bytes, int | None, int | None], Awaitable[Awaitable[Any]]]
 
 
-def _load(table: MutableMapping, key: str) -> dict | None:
-    raw = table.get(key)
-    return None if raw is None else orjson.loads(raw)
+class StateCache:
+    """Write-back cache of a stage's table for one batch of events.
+
+    Values are decoded once when first read in a batch, changed in place, and written back by
+    `writes()` once per batch (and only when their encoding changed), in an order chosen by
+    the stage (`rank`) so that whatever prefix of the writes reaches the changelog before a
+    crash is a state the stage can resume from. Everything is forgotten after `writes()`:
+    nothing cached outlives a batch, so a rebalance never meets stale values.
+
+    The table is dict-like (`get`); it is written through `write_in(partition, key, raw)`
+    when it has one (the Faust adapter: the changelog partition is explicit because a
+    batch mixes events of several partitions), else with `table[key] = raw` /
+    `table.pop(key)` (plain dicts, as the in-process runs use)."""
+
+    __slots__ = ("table", "rank", "values", "raw", "dirty")
+    _UNKNOWN = object()
+
+    def __init__(self, table: MutableMapping, rank: Callable[[str, Any], int]) -> None:
+        self.table = table
+        self.rank = rank
+        self.values: dict[str, Any] = {}  # key -> decoded dict, raw bytes, or None (absent)
+        self.raw: dict[str, bytes | None] = {}  # key -> bytes as read from the table
+        self.dirty: dict[str, int | None] = {}  # key -> changelog partition
+
+    def get(self, key: str) -> dict | None:
+        """The decoded JSON value of `key`, or None."""
+        try:
+            value = self.values[key]
+        except KeyError:
+            raw = self.raw[key] = self.table.get(key)
+            value = self.values[key] = None if raw is None else orjson.loads(raw)
+            return value
+        return orjson.loads(value) if isinstance(value, bytes) else value
+
+    def get_bytes(self, key: str) -> bytes | None:
+        """The encoded value of `key`, or None."""
+        if key in self.values:
+            value = self.values[key]
+            return value if value is None or isinstance(value, bytes) else orjson.dumps(value)
+        raw = self.raw[key] = self.table.get(key)
+        self.values[key] = raw
+        return raw
+
+    def put(self, part: int | None, key: str, value: Any) -> None:
+        """Set `key` to a JSON-able dict or to raw bytes (written at the end of the batch)."""
+        self.values[key] = value
+        self.dirty[key] = part
+
+    def delete(self, part: int | None, key: str) -> None:
+        self.values[key] = None
+        self.dirty[key] = part
+
+    def writes(self) -> list[tuple[int | None, str, bytes | None]]:
+        """(partition, key, bytes or None to delete) of every changed key, in rank order (stable
+        within a rank); forgets the batch."""
+        out = []
+        get = self.table.get
+        for key, part in self.dirty.items():
+            value = self.values[key]
+            raw = value if value is None or isinstance(value, bytes) else orjson.dumps(value)
+            before = self.raw.get(key, self._UNKNOWN)
+            if before is self._UNKNOWN:
+                before = get(key)
+            if before == raw:
+                continue  # unchanged: no changelog record
+            out.append((self.rank(key, raw), part, key, raw))
+        self.clear()
+        out.sort(key=lambda w: w[0])
+        return [(part, key, raw) for _rank, part, key, raw in out]
+
+    def clear(self) -> None:
+        self.values.clear()
+        self.raw.clear()
+        self.dirty.clear()
 
 
-def _store(table: MutableMapping, key: str, value: dict) -> None:
-    table[key] = orjson.dumps(value)
+async def write_table(table: MutableMapping, writes: list[tuple[int | None, str, bytes | None]]) -> None:
+    """Apply `writes` in order and wait until they are durable: a table with `write_in` (the
+    Faust adapter) returns an awaitable per changelog record; plain dicts are durable at once."""
+    write_in = getattr(table, "write_in", None)
+    pending = []
+    for part, key, raw in writes:
+        if write_in is not None:
+            pending.append(await write_in(part, key, raw))
+        elif raw is None:
+            table.pop(key, None)
+        else:
+            table[key] = raw
+    if pending:
+        await asyncio.gather(*pending)
 
 
 def dead_letter(reason: str, topic: str, partition_: int, offset: int, key: bytes | None, value: Any) -> bytes:
@@ -58,7 +152,7 @@ def dead_letter(reason: str, topic: str, partition_: int, offset: int, key: byte
 
 
 class Outbox:
-    """Collects sends of one step and waits until Kafka acknowledged all of them."""
+    """Collects the sends of a batch and waits until Kafka acknowledged all of them."""
 
     def __init__(self, send: Send) -> None:
         self.send = send
@@ -78,8 +172,27 @@ class Outbox:
             await asyncio.gather(*pending)
 
 
+def _node_rank(key: str, _raw: Any) -> int:
+    # node states before the partition states: a partition state on the changelog implies
+    # the node states of its batch are there too (one changelog partition keeps order)
+    return 1 if key.startswith("partition:") else 0
+
+
+def _cluster_rank(key: str, raw: Any) -> int:
+    # new partials, then the index (which lists them and marks windows closed), then the
+    # deletion of the partials of closed windows
+    if key.startswith("index:"):
+        return 1
+    return 2 if raw is None else 0
+
+
 class NodeStage:
-    """Agent logic on `<prefix>.samples` (+ idle ticks), one instance per worker."""
+    """Agent logic on `<prefix>.samples` (+ idle ticks), one instance per worker.
+
+    `on_sample` / `on_tick` process one event and persist it (`flush`) before returning.
+    A batch driver calls `sample` / `tick` for each event of a batch, then `flush` once:
+    the outputs of the whole batch are sent without waiting, their acknowledgements are
+    awaited together, and only then is each changed state written (once per batch)."""
 
     def __init__(self, settings: StreamSettings, table: MutableMapping, send: Send,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -88,6 +201,8 @@ class NodeStage:
         self.send = send
         self.clock = clock
         self.topics = settings.topics
+        self.cache = StateCache(table, _node_rank)
+        self.out = Outbox(send)
         self.last_event: dict[int, float] = {}  # wall clock of the last event per partition
         self._ticked: dict[int, float | None] = {}
         self.stats = {"scrapes": 0, "late": 0, "dlq": 0, "duplicates": 0, "replayed": 0}
@@ -95,20 +210,40 @@ class NodeStage:
     # -- events ----------------------------------------------------------------------
 
     async def on_sample(self, part: int, offset: int, key: bytes | None, value: bytes) -> None:
-        self.last_event[part] = self.clock()
-        out = Outbox(self.send)
+        await self.sample(part, offset, key, value)
+        await self.flush()
+
+    async def on_tick(self, part: int) -> None:
+        await self.tick(part)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Wait until every output of the batch is acknowledged, then write the changed
+        states (the state saying "window closed" never precedes the window's outputs)."""
         try:
-            record = ScrapeRecord.decode(value)
+            await self.out.delivered()
+        except BaseException:
+            self.cache.clear()  # nothing of an unacknowledged batch is persisted
+            raise
+        await write_table(self.table, self.cache.writes())
+
+    async def sample(self, part: int, offset: int, key: bytes | None, value: bytes) -> None:
+        """One scrape of a batch (persisted by the next `flush`)."""
+        self.last_event[part] = self.clock()
+        out, cache = self.out, self.cache
+        try:
+            record = fast_decode(value)
         except DecodeError as exc:
             self.stats["dlq"] += 1
             await out.put(self.topics.dlq, key, dead_letter(str(exc), self.topics.samples, part, offset, key, value),
                           None)
-            await out.delivered()
             return
         pkey = f"partition:{part}"
         nkey = f"node:{record.node}"
-        pstate = _load(self.table, pkey) or partition.new_partition_state()
-        nstate = _load(self.table, nkey)
+        pstate = cache.get(pkey)
+        if pstate is None:
+            pstate = partition.new_partition_state()
+        nstate = cache.get(nkey)
         replay = nstate is not None and offset <= nstate["off"]
         ts = record.scrape_ts_ms
         if pstate["idle"]:
@@ -122,21 +257,19 @@ class NodeStage:
                     "reason": reason, "stage": "node", "topic": self.topics.samples, "partition": part,
                     "offset": offset, "node": record.node, "cluster": record.cluster, "scrape_ts_ms": ts,
                     "record": record.to_json()}), ts)
-                await out.delivered()
                 if nstate is not None:
                     nstate["off"] = offset
-                    _store(self.table, nkey, nstate)
-                _store(self.table, pkey, pstate)
+                    cache.put(part, nkey, nstate)
+                cache.put(part, pkey, pstate)
                 return
-        before = orjson.dumps(pstate)
         partition.observe(pstate, ts, record.node, self.settings)
         due = partition.due_windows(pstate, self.settings)
         if due:
             await self._close(out, part, pstate, due, idle=False)
-        else:
-            await out.delivered()
+            nstate = cache.get(nkey)  # the close may have changed or dropped it
         if not replay:
-            nstate = _load(self.table, nkey) or node_state.new_state(record)
+            if nstate is None:
+                nstate = node_state.new_state(record)
             if nstate["ts"] is not None and ts <= nstate["ts"]:
                 self.stats["duplicates"] += 1
                 node_state.count_duplicate(nstate, ts, self.settings)
@@ -145,11 +278,10 @@ class NodeStage:
                 nstate["cluster"] = record.cluster
                 node_state.apply_scrape(nstate, record, self.settings)
             nstate["off"] = offset
-            _store(self.table, nkey, nstate)
+            cache.put(part, nkey, nstate)
         else:
             self.stats["replayed"] += 1
-        if orjson.dumps(pstate) != before:
-            _store(self.table, pkey, pstate)
+        cache.put(part, pkey, pstate)  # written only if its encoding changed
 
     def idle_partitions(self, assigned: set[int]) -> list[int]:
         """Assigned partitions without an event for idle_timeout (wall clock)."""
@@ -172,19 +304,20 @@ class NodeStage:
         self._ticked[part] = last
         return True
 
-    async def on_tick(self, part: int) -> None:
-        """An idle tick for `part`: if it is still idle, close everything it has open."""
+    async def tick(self, part: int) -> None:
+        """An idle tick for `part` (in a batch): if it is still idle, close everything it has open."""
         if part not in self.idle_partitions(set(self.last_event) | {part}):
             return
         pkey = f"partition:{part}"
-        pstate = _load(self.table, pkey) or partition.new_partition_state()
+        pstate = self.cache.get(pkey)
+        if pstate is None:
+            pstate = partition.new_partition_state()
         if pstate["idle"]:
             return
-        out = Outbox(self.send)
         due = partition.due_windows(pstate, self.settings, idle=True)
         pstate["idle"] = True
-        await self._close(out, part, pstate, due, idle=True)
-        _store(self.table, pkey, pstate)
+        await self._close(self.out, part, pstate, due, idle=True)
+        self.cache.put(part, pkey, pstate)
         log.info("partition %d idle for %.0f s: closed %d window(s)", part, self.settings.idle_timeout_s, len(due))
 
     # -- closing ---------------------------------------------------------------------
@@ -198,7 +331,7 @@ class NodeStage:
         for size, start in due:
             for node in list(pstate["nodes"]):
                 if node not in states:
-                    states[node] = _load(self.table, f"node:{node}")
+                    states[node] = self.cache.get(f"node:{node}")
                 st = states[node]
                 if st is None:
                     continue
@@ -219,12 +352,12 @@ class NodeStage:
             await out.put(self.settings.cluster_partials_topic, p["cluster"].encode(), dumps(p),
                           p["start_ms"] + p["size_ms"])
         await self._marker(out, part, pstate, idle=idle)
-        await out.delivered()  # everything acknowledged before the state says "closed"
+        # written by flush(), after everything above was acknowledged
         for node, st in states.items():
             if node in gone:
-                self.table.pop(f"node:{node}", None)
+                self.cache.delete(part, f"node:{node}")
             elif st is not None:
-                _store(self.table, f"node:{node}", st)
+                self.cache.put(part, f"node:{node}", st)
 
     async def _marker(self, out: Outbox, part: int, pstate: dict, idle: bool) -> None:
         marker = dumps({"type": "progress", "src": part, "through": partition.progress(pstate), "idle": idle})
@@ -233,7 +366,10 @@ class NodeStage:
 
 
 class ClusterStage:
-    """Agent logic on `<prefix>.cluster-partials` (keyed by cluster)."""
+    """Agent logic on `<prefix>.cluster-partials` (keyed by cluster).
+
+    Like NodeStage: `on_message` processes and persists one message; a batch driver calls
+    `message` per message and `flush` once per batch."""
 
     def __init__(self, settings: StreamSettings, table: MutableMapping, send: Send,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -242,9 +378,11 @@ class ClusterStage:
         self.send = send
         self.clock = clock
         self.topics = settings.topics
+        self.cache = StateCache(table, _cluster_rank)
+        self.out = Outbox(send)
         self.started = clock()
         self.heard: dict[int, float] = {}
-        self.stats = {"partials": 0, "late": 0, "dlq": 0, "windows": 0}
+        self.stats = {"partials": 0, "late": 0, "dlq": 0, "windows": 0, "replayed": 0}
 
     def silent(self) -> list[int]:
         now = self.clock()
@@ -252,7 +390,21 @@ class ClusterStage:
                 if now - self.heard.get(src, self.started) >= self.settings.cluster_timeout_s]
 
     async def on_message(self, q: int, offset: int, key: bytes | None, value: bytes) -> None:
-        out = Outbox(self.send)
+        await self.message(q, offset, key, value)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Wait for every output of the batch, then write the changed index and partials."""
+        try:
+            await self.out.delivered()
+        except BaseException:
+            self.cache.clear()
+            raise
+        await write_table(self.table, self.cache.writes())
+
+    async def message(self, q: int, offset: int, key: bytes | None, value: bytes) -> None:
+        """One message of a batch (persisted by the next `flush`)."""
+        out, cache = self.out, self.cache
         try:
             msg = orjson.loads(value)
             kind = msg["type"]
@@ -261,17 +413,24 @@ class ClusterStage:
             self.stats["dlq"] += 1
             await out.put(self.topics.dlq, key, dead_letter(f"bad cluster partial: {exc!r}",
                           self.settings.cluster_partials_topic, q, offset, key, value), None)
-            await out.delivered()
             return
         self.heard[src] = self.clock()
         ikey = f"index:{q}"
-        index = _load(self.table, ikey) or cluster.new_index()
+        index = cache.get(ikey)
+        if index is None:
+            index = cluster.new_index()
+        if offset <= index.get("off", -1):
+            self.stats["replayed"] += 1  # applied before a restart: its effects are in the state
+            return
+        index["off"] = offset
         if kind == "progress":
             cluster.apply_progress(index, src, msg["through"], msg["idle"])
         else:
             name, size, start, node = msg["cluster"], msg["size_ms"], msg["start_ms"], msg["node"]
             reason = cluster.late_reason(index, name, size, start)
-            if reason is not None:
+            if reason is not None and cluster.reemitted(index, src, size, start):
+                self.stats["replayed"] += 1
+            elif reason is not None:
                 self.stats["late"] += 1
                 await out.put(self.topics.late, key, dumps({
                     "reason": reason, "stage": "cluster", "topic": self.settings.cluster_partials_topic,
@@ -279,21 +438,18 @@ class ClusterStage:
                     start + size)
             elif cluster.add_partial(index, name, size, start, node):
                 self.stats["partials"] += 1
-                self.table[cluster.partial_key(name, size, start, node)] = value
+                cache.put(q, cluster.partial_key(name, size, start, node), value)
         due = cluster.due_windows(index, self.settings, self.silent())
-        drop: list[str] = []
         for name, size, start in due:
             nodes = cluster.take_window(index, name, size, start)
             keys = [cluster.partial_key(name, size, start, n) for n in nodes]
-            partials = [orjson.loads(self.table[k]) for k in keys if self.table.get(k) is not None]
+            partials = [orjson.loads(raw) for raw in map(cache.get_bytes, keys) if raw is not None]
             merged = aggregate.merge(partials, self.settings)
             history = (cluster.roll_slo(index, name, start, merged, self.settings)
                        if size == self.settings.step_s * 1000 else None)
             await out.records(aggregate.cluster_records(name, size, start, merged, self.settings, history),
                               self.topics)
-            drop.extend(keys)
+            for k in keys:
+                cache.delete(q, k)  # written after the outputs were acknowledged
             self.stats["windows"] += 1
-        await out.delivered()
-        for k in drop:
-            self.table.pop(k, None)
-        _store(self.table, ikey, index)
+        cache.put(q, ikey, index)

@@ -10,7 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from contracts.kafka import KafkaConnection
@@ -23,13 +23,15 @@ def unique_prefix() -> str:
 
 
 def create_topics(kafka: KafkaConnection, prefix: str, partitions: int) -> None:
-    """The input and the stage's own topics, with the partition count the workers expect."""
+    """The input and the stage's own topics, with the partition count the workers expect and
+    unlimited retention: the test data is stamped in 2023, and Kafka's retention check (every
+    5 minutes, 7 days by default) would delete records mid-test."""
     topics = Topics(prefix)
     names = [topics.samples, f"{prefix}.cluster-partials", f"{prefix}.stream-ticks", topics.late, topics.dlq,
              *topics.derived()]
     admin = KafkaAdminClient(**kafka.kafka_python_kwargs())
     try:
-        admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+        admin.create_topics([NewTopic(n, partitions, 1, topic_configs={"retention.ms": "-1"}) for n in names])
     finally:
         admin.close()
 

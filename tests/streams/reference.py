@@ -1,6 +1,8 @@
 """Run the stream stages in-process over dict tables, as the reference the Kafka runs must
 equal (same pure code, no Faust, no timing): partitions are processed one message at a time,
-cluster-partials are delivered in an order chosen by the caller."""
+cluster-partials are delivered in an order chosen by the caller. With `batch`, the stages are
+driven as the Faust agents drive them: `sample`/`message` per event and one `flush` every
+`batch` events (the output must not depend on it)."""
 
 from __future__ import annotations
 
@@ -28,14 +30,14 @@ class FakeClock:
 
 def run_reference(settings: StreamSettings, messages: list[tuple[bytes | None, bytes]], *, seed: int | None = None,
                   finish_idle: bool = True, tables: tuple[dict, dict] | None = None,
-                  first_offset: int = 0) -> list[tuple[str, bytes | None, bytes]]:
+                  first_offset: int = 0, batch: int | None = None) -> list[tuple[str, bytes | None, bytes]]:
     """Feed `messages` (key, value) through the stages; returns everything they sent (topic, key,
     value), cluster-partials excluded. With `seed`, node partitions are interleaved randomly and
     cluster-partials delivery is shuffled across partitions (order kept within one)."""
-    return asyncio.run(_run(settings, messages, seed, finish_idle, tables, first_offset))
+    return asyncio.run(_run(settings, messages, seed, finish_idle, tables, first_offset, batch))
 
 
-async def _run(settings, messages, seed, finish_idle, tables, first_offset):
+async def _run(settings, messages, seed, finish_idle, tables, first_offset, batch=None):
     sent: list[tuple[str, bytes | None, bytes]] = []
     queues: dict[int, list] = defaultdict(list)
     clock = FakeClock()
@@ -57,12 +59,21 @@ async def _run(settings, messages, seed, finish_idle, tables, first_offset):
     offsets: dict[int, int] = defaultdict(lambda: first_offset)  # single-partition replays only
     cluster_offsets: dict[int, int] = defaultdict(lambda: first_offset)  # single-partition replays only
 
+    pending = {"node": 0, "cluster": 0}
+
     async def drain_cluster(all_: bool) -> None:
         while any(queues.values()):
             qs = [q for q in sorted(queues) if queues[q]]
             q = rng.choice(qs) if seed is not None else qs[0]
             key, value = queues[q].pop(0)
-            await cluster.on_message(q, cluster_offsets[q], key, value)
+            if batch is None:
+                await cluster.on_message(q, cluster_offsets[q], key, value)
+            else:
+                await cluster.message(q, cluster_offsets[q], key, value)
+                pending["cluster"] += 1
+                if pending["cluster"] >= batch:
+                    pending["cluster"] = 0
+                    await cluster.flush()
             cluster_offsets[q] += 1
             if not all_ and seed is not None and rng.random() < 0.3:
                 return
@@ -76,14 +87,27 @@ async def _run(settings, messages, seed, finish_idle, tables, first_offset):
         p = rng.choice(live) if seed is not None else live[0]
         key, value = per_part[p][cursors[p]]
         cursors[p] += 1
-        await node.on_sample(p, offsets[p], key, value)
+        if batch is None:
+            await node.on_sample(p, offsets[p], key, value)
+        else:
+            await node.sample(p, offsets[p], key, value)
+            pending["node"] += 1
+            if pending["node"] >= batch:
+                pending["node"] = 0
+                await node.flush()
         offsets[p] += 1
         await drain_cluster(all_=False)
+    if batch is not None:
+        await node.flush()
     await drain_cluster(all_=True)
+    if batch is not None:
+        await cluster.flush()
     if finish_idle:
         clock.now += settings.idle_timeout_s + 1
         for p in range(settings.partitions):
             node.last_event.setdefault(p, 0.0)
             await node.on_tick(p)
         await drain_cluster(all_=True)
+        if batch is not None:
+            await cluster.flush()
     return sent

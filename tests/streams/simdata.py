@@ -8,7 +8,6 @@ from collections import defaultdict
 
 from contracts.records import ScrapeRecord
 from producers.node import NodeSettings, build_record
-from producers.parser import parse_families
 from producers.scrape import ScrapeOutcome
 from producers.select import Selector
 from simulator import Cluster

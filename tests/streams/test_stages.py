@@ -178,3 +178,61 @@ def test_node_alone_on_a_silent_partition_does_not_block_cluster_windows():
     cl = sorted(r.window_start_ms for r in decoded(sent, "health") if r.scope == "cluster" and r.window_size_s == 60)
     n0 = sorted(r.window_start_ms for r in decoded(sent, "health") if r.node == "node-000" and r.window_size_s == 60)
     assert cl == n0
+
+
+# -- batching (how the Faust agents drive the stages) ------------------------------------------
+
+def test_batched_processing_is_byte_identical_to_one_event_at_a_time():
+    """The agents process a batch of events and flush once: outputs, their order and the
+    final tables equal one-event-at-a-time processing, whatever the batch size."""
+    settings = StreamSettings(topic_prefix="u", partitions=2, node_gone_after_s=180)
+    records = scrape_records(nodes=5, minutes=12, seed=3, stop={"node-002": 1_700_000_000 + 240})
+    data = msgs(records)
+    data.insert(17, (b"node-001", b"{broken"))
+    data.append(msgs(records[2:3])[0])  # late
+    tables = ({}, {})
+    expected = run_reference(settings, data, seed=4, tables=tables)
+    for batch in (1, 3, 50, 10_000):
+        batched_tables = ({}, {})
+        got = run_reference(settings, data, seed=4, batch=batch, tables=batched_tables)
+        assert got == expected, batch
+        assert batched_tables == tables, batch
+
+
+# Crashes between any two table writes: tests/streams/test_crash_model.py.
+
+
+def test_fast_decode_equals_the_contract_decoder():
+    from contracts.codec import DecodeError
+    from streams.decode import fast_decode
+
+    good = scrape_records(nodes=2, minutes=1, seed=1)
+    values = [r.encode() for r in good]
+    base = json.loads(values[0])
+    variants = []
+    for field, bad in (("schema", "x/v9"), ("node", ""), ("node", 3), ("up", True), ("scrape_ts_ms", 1.5),
+                       ("scrape_duration_s", "1"), ("body_bytes", None), ("families", {"a": 1}),
+                       ("labels", []), ("samples", {}), ("error", "boom"), ("kube_proxy_metrics", 0),
+                       ("scrape_duration_s", 2)):
+        variants.append({**base, field: bad})
+    for field in ("node", "cluster", "samples", "up"):
+        variants.append({k: v for k, v in base.items() if k != field})
+    row = base["samples"][0]
+    for bad_row in ([row[0], row[1], "NaN", None], [row[0], row[1], "+Inf", 5], [row[0], row[1], 7, None],
+                    [row[0], row[1], "7", None], [row[0], row[1], True, None], [row[0], row[1], 1.0, 1.5],
+                    [row[0], row[1], 1.0, False], [row[0], {"a": ["list"]}, 1.0, None], [row[0], row[1], 1.0],
+                    [5, row[1], 1.0, None], [row[0], [], 1.0, None], "row"):
+        variants.append({**base, "samples": [bad_row, *base["samples"][1:]]})
+    values += [json.dumps(v).encode() for v in variants] + [b"{broken", b"[]", b"null", b"\xff"]
+    for value in values:
+        try:
+            want = ScrapeRecord.decode(value)
+        except DecodeError as exc:
+            with pytest.raises(DecodeError) as got:
+                fast_decode(value)
+            assert str(got.value) == str(exc)
+            continue
+        got_record = fast_decode(value)
+        assert got_record == want
+        assert got_record.encode() == want.encode()
+        assert [type(s.value) for s in got_record.samples] == [type(s.value) for s in want.samples]

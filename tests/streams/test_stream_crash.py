@@ -1,10 +1,5 @@
 """Crash safety of the stream worker: kill -9 after the first window closed, restart, and the
 derived output equals an uncrashed run.
-
-Kept out of `make test` for now (run it with `make faults`): it failed in 2 of 4 clean-clone
-runs on this 2-core machine — once with cluster windows closed over a different set of
-partials after the restart, once with the restarted worker producing too little within the
-wait — and a flaky gate would block every landing. It is the open part of the stream issue.
 """
 
 from __future__ import annotations
