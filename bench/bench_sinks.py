@@ -16,7 +16,8 @@ For every writer:
 - bare+fast: the same, from the records' JSON bytes through the sink's own hot path
   (sinks/fastpath.py: JSON decode and encode): a stricter yardstick, the sink minus Kafka
   and minus the pipelining.
-The sink runs with LoopSettings' defaults (what `kpp sink` uses) but the batch limits.
+The sink runs with LoopSettings' defaults (what `kpp sink` uses) but the batch limits, and
+decodes the fetched records as `kpp sink` does (in C where sinks/fetch.py can; the report says).
 Every run writes under its own cluster label, so nothing is deduplicated away. Prints a
 markdown table.
 """
@@ -74,7 +75,10 @@ def produce(connection: KafkaConnection, topic: str, records: list[DerivedRecord
     producer.close()
 
 
-def run_sink(connection: KafkaConnection, to: str, url: str, topic: str, count: int, batch_points: int) -> float:
+def run_sink(connection: KafkaConnection, to: str, url: str, topic: str, count: int,
+             batch_points: int) -> tuple[float, bool]:
+    """Seconds from the assignment until every offset is committed, and whether the sink decoded
+    the fetched records in C (sinks/fetch.py)."""
     writer = WRITERS[to](WriterSettings(url=url, timeout_s=30))
     loop = SinkLoop(connection, writer, BatchingSink(writer, BatchLimits(max_points=batch_points, max_age_s=0.5,
                                                                          max_bytes=64 * 1024 * 1024)),
@@ -85,7 +89,12 @@ def run_sink(connection: KafkaConnection, to: str, url: str, topic: str, count: 
     thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
     thread.start()
     # Timed from the group's assignment on (joining the group is a one-off of a few 100 ms).
+    deadline = time.monotonic() + 120
     while loop._consumer is None or not loop._consumer.assignment():
+        if not thread.is_alive():
+            raise SystemExit("the sink loop died before it was assigned partitions")
+        if time.monotonic() > deadline:
+            raise SystemExit("the sink was not assigned partitions within 120 s (joining the group hung)")
         time.sleep(0.001)
     started = time.perf_counter()
     while sum(loop.committed_offsets().values()) < count:
@@ -96,7 +105,7 @@ def run_sink(connection: KafkaConnection, to: str, url: str, topic: str, count: 
     stop.set()
     thread.join(30)
     writer.close()
-    return elapsed
+    return elapsed, loop.fast_decoding
 
 
 def run_bare(to: str, url: str, records: list[DerivedRecord], batch_points: int, encode_inside: bool,
@@ -140,12 +149,14 @@ def main() -> int:
     url = vm_url()
     points = args.records * 3
     rows = []
+    decoders = set()
     for to in args.writers.split(","):
         tag = uuid.uuid4().hex[:8]
         records = make_records(f"bench-sink-{tag}", args.records)
         topic = f"bench.sinks.{tag}"
         produce(connection, topic, records)
-        sink_s = run_sink(connection, to, url, topic, args.records, args.batch_points)
+        sink_s, fast_decoding = run_sink(connection, to, url, topic, args.records, args.batch_points)
+        decoders.add("aiokafka's C decoder (sinks/fetch.py)" if fast_decoding else "kafka-python's")
         bare_s = run_bare(to, url, make_records(f"bench-bare-{tag}", args.records), args.batch_points, False)
         bare_enc_s = run_bare(to, url, make_records(f"bench-bareenc-{tag}", args.records), args.batch_points, True)
         bare_fast_s = run_bare(to, url, make_records(f"bench-barefast-{tag}", args.records), args.batch_points,
@@ -158,7 +169,8 @@ def main() -> int:
         "",
         *describe(),
         "",
-        f"{args.records:,} derived records = {points:,} points per run, batches of {args.batch_points:,} points.",
+        f"{args.records:,} derived records = {points:,} points per run, batches of {args.batch_points:,} points; "
+        f"the sink decoded the fetched records with {' and '.join(sorted(decoders))}.",
         "",
         "| writer | sink (Kafka → store, committed) pts/s | bare httpx + encode pts/s "
         "| bare httpx + fast decode/encode pts/s | bare httpx (pre-encoded) pts/s "

@@ -10,6 +10,10 @@ commits, feeding a BatchingSink, with the HTTP write pipelined on one write thre
 - At most one batch is in flight. Offsets are committed only after the store acknowledged
   the batch and the DLQ got its records, strictly in batch order: a newer batch is started
   only when no older one is in flight or waiting for its retry. At-least-once, nothing lost.
+  The commit is asynchronous (its answer comes in a later poll); what is not confirmed when
+  the loop stops is committed again, synchronously, before the consumer closes.
+- Records are decoded from the fetch by aiokafka's C decoder where kafka-python allows it
+  (sinks/fetch.py), and encoded by the fast path inlined in _consume.
 - While the store is down the assigned partitions are paused and the loop keeps polling
   (heartbeats, rebalances). Memory: the batch in flight (or to retry) plus the batch being
   filled, each bounded by the batch limits plus one poll (a full batch waits for the write
@@ -19,13 +23,12 @@ commits, feeding a BatchingSink, with the HTTP write pipelined on one write thre
   is dropped for the revoked partitions, and their new owner re-reads it from the committed
   offset.
 - If the DLQ publish fails after a write, nothing is committed: the partitions are sought
-  back to their committed offsets, the batch being filled is dropped, and all is re-read
-  (re-writes are idempotent).
+  back to the last offsets committed (or handed to commit_async: acknowledged), the batch
+  being filled is dropped, and all is re-read (re-writes are idempotent).
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import time
@@ -33,20 +36,20 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from contracts.codec import DecodeError, dumps
+from contracts.codec import DecodeError
 from contracts.derived import DerivedRecord
+from contracts.dlq import dead_letter
 from contracts.kafka import KafkaConnection
 from contracts.records import ScrapeRecord
 from contracts.selfmetrics import Counters
 from sinks.encode import Unrepresentable
 from sinks.fastpath import fast_path_for
+from sinks.fetch import install as install_fast_decoding
 from sinks.series import Point, derived_points, raw_points
 from sinks.sink import Backoff, BatchingSink, FlushResult, Item, Rejection, write_items
 from sinks.writers import StoreUnavailable, Writer
 
 log = logging.getLogger("kpp.sink")
-
-DLQ_SCHEMA = "kube-proxy.dlq/v1"
 
 
 @dataclass(kw_only=True)
@@ -107,7 +110,15 @@ class SinkLoop:
         self.backoff = backoff or Backoff()
         self.store_down = False
         self._next_attempt = 0.0
-        self._committed: dict[tuple[str, int], int] = {}
+        self._committed: dict[tuple[str, int], int] = {}  # confirmed by the group coordinator
+        # The next offset of every partition whose records the store (and the DLQ) acknowledged:
+        # what the group should hold. Commits are asynchronous, one at a time (they coalesce
+        # meanwhile, and a failed one is sent again); what is not confirmed when the loop stops
+        # is committed synchronously before the consumer closes.
+        self._acked: dict[tuple[str, int], int] = {}
+        self._commit_in_flight = False
+        self._commit_retry_at = 0.0
+        self.fast_decoding = False
         self._consumer = None
         self._producer = None
         self.last_flush_wall: float | None = None
@@ -125,7 +136,7 @@ class SinkLoop:
         self._last_error: Exception | None = None
         # Acknowledged offsets not committed yet, and partitions to seek back to their committed
         # offset: the rebalance listener (IO thread) only records them, our thread acts.
-        self._to_commit: dict[tuple[str, int], int] = {}
+        self._to_commit: dict[tuple[str, int], int] = {}  # acknowledged, not yet sent
         self._to_rewind: set[tuple[str, int]] = set()
         self._in_listener = False
         self._rewound: set[tuple[str, int]] = set()  # seeked back during this poll's records
@@ -134,13 +145,21 @@ class SinkLoop:
     # -- decoding (pure apart from the writer's encoder) -------------------------------------
 
     def to_item(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Item:
-        item = Item(topic, partition, offset, key, value or b"")
+        """The record decoded and encoded: by the fast path when it takes it, else by the
+        contract path (`_contract_item`), which also names the DLQ reason. (_consume inlines
+        this.)"""
         if self._fast is not None and value and topic != self.settings.raw_topic:
             try:
-                item.fragment, item.points, item.skipped = self._fast(value)
-                return item
+                fragment, points, skipped = self._fast(value)
             except Exception:  # noqa: BLE001 (not the common shape: the contract path decides)
                 pass
+            else:
+                return Item(topic, partition, offset, key, value, fragment, points, skipped)
+        return self._contract_item(topic, partition, offset, key, value)
+
+    def _contract_item(self, topic: str, partition: int, offset: int, key: bytes | None,
+                       value: bytes | None) -> Item:
+        item = Item(topic, partition, offset, key, value or b"")
         try:
             points = self.points_of(topic, value)
         except (DecodeError, ValueError, TypeError, KeyError) as exc:
@@ -199,6 +218,7 @@ class SinkLoop:
             heartbeat_interval_ms=max(1000, self.settings.session_timeout_ms // 3),
             allow_auto_create_topics=False,
         )
+        self.fast_decoding = install_fast_decoding(self._consumer)
         self._consumer.subscribe(list(self.settings.topics), listener=Listener())
         self._producer = KafkaProducer(**kwargs, client_id=self.settings.client_id + "-dlq", acks="all",
                                        linger_ms=0, compression_type="gzip")
@@ -255,6 +275,7 @@ class SinkLoop:
         for tp in gone:
             self._committed.pop(tp, None)
             self._to_commit.pop(tp, None)
+            self._acked.pop(tp, None)
         self._to_rewind -= gone
 
     # -- the loop -------------------------------------------------------------------------------
@@ -268,6 +289,7 @@ class SinkLoop:
             self._consume(stop)
             self._shutdown_flush()
         finally:
+            self._confirm_commits()
             self._close()  # may revoke (and settle) before the write thread goes
             self._executor.shutdown(wait=True)
 
@@ -276,13 +298,17 @@ class SinkLoop:
         sink = self.sink
         add = sink.add
         to_item = self.to_item
+        contract_item = self._contract_item
+        raw_topic = self.settings.raw_topic
         counters = self.counters
         last_lag = 0.0
         while not stop.is_set():
             now = time.monotonic()
             timeout_ms = 200
-            if self._inflight is not None:
-                timeout_ms = 10  # notice the write's end soon: its commit waits for us
+            if self._inflight is not None or self._commit_in_flight or self._to_commit:
+                # Notice the write's end soon (its commit waits for us), and a commit's answer
+                # (it is handed to us in poll; the next commit waits for it).
+                timeout_ms = 10
             elif self.store_down:
                 timeout_ms = max(0, min(timeout_ms, int((self._next_attempt - now) * 1000)))
             batches = consumer.poll(timeout_ms=timeout_ms)
@@ -297,8 +323,20 @@ class SinkLoop:
                 topic, partition = tp.topic, tp.partition
                 if (topic, partition) in rewound:
                     continue
+                fast = self._fast if topic != raw_topic else None
                 for r in records:
-                    item = to_item(topic, partition, r.offset, r.key, r.value)
+                    # to_item's fast case inlined (a call and three attribute writes less per
+                    # record); a record the fast path refuses goes to the contract path.
+                    value = r.value
+                    if fast is not None and value:
+                        try:
+                            fragment, points, skipped = fast(value)
+                        except Exception:  # noqa: BLE001 (not the common shape: the contract path decides)
+                            item = contract_item(topic, partition, r.offset, r.key, value)
+                        else:
+                            item = Item(topic, partition, r.offset, r.key, value, fragment, points, skipped)
+                    else:
+                        item = to_item(topic, partition, r.offset, r.key, value)
                     if item.skipped:
                         counters.inc("kpp_sink_points_skipped_total", item.skipped, reason="nonfinite")
                     if add(item):
@@ -329,6 +367,8 @@ class SinkLoop:
         when no older batch is in flight or waiting for a retry."""
         if self._to_rewind and not self._in_listener:
             self._rewind_now()
+        if not self._in_listener:
+            self._send_commit()  # what waited for the commit in flight, or a failed one
         if self._inflight is not None:
             if not self._inflight.done():
                 if not self.sink.full():
@@ -479,27 +519,16 @@ class SinkLoop:
         self.counters.inc("kpp_sink_records_total", len(rejected), outcome="dlq")
 
     def dlq_message(self, rejection: Rejection) -> bytes:
+        """The dead letter of a record (contracts/dlq.py, schema kube-proxy.dlq/v1): the reason,
+        the original bytes, where they came from and, for a record the store refused, its
+        answer."""
         item = rejection.item
-        message: dict = {
-            "schema": DLQ_SCHEMA,
-            "stage": "sink",
-            "reason": rejection.reason,
-            "error": rejection.error,
-            "store": None,
-            "source": {"topic": item.topic, "partition": item.partition, "offset": item.offset,
-                       "key": _text(item.key)},
-            "value": None,
-            "value_base64": None,
-            "dead_lettered_ms": int(time.time() * 1000),
-        }
+        store = None
         if rejection.reason == "rejected":
-            message["store"] = {"url": self.writer.url, "status": rejection.status, "answer": rejection.answer}
-        text = _text(item.value)
-        if text is not None:
-            message["value"] = text
-        else:
-            message["value_base64"] = base64.b64encode(item.value).decode("ascii")
-        return dumps(message)
+            store = {"url": self.writer.url, "status": rejection.status, "answer": rejection.answer}
+        return dead_letter(stage="sink", reason=rejection.reason, error=rejection.error, topic=item.topic,
+                           partition=item.partition, offset=item.offset, key=item.key, value=item.value,
+                           store=store, dead_lettered_ms=int(time.time() * 1000))
 
     def _commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         """Commit acknowledged offsets (batches are acknowledged in order, so the highest offset
@@ -508,22 +537,77 @@ class SinkLoop:
         for tp, offset in offsets.items():
             if offset > self._to_commit.get(tp, -1):
                 self._to_commit[tp] = offset
-        if self._in_listener:
+            if offset > self._acked.get(tp, -1):
+                self._acked[tp] = offset
+        if not self._in_listener:
+            self._send_commit()
+
+    def _send_commit(self) -> None:
+        """Hand what is to commit to commit_async, unless a commit is in flight (then it waits
+        for its answer and goes with the offsets that came meanwhile) or a failed one waits to
+        be sent again. The consumer goes on reading while the coordinator writes it."""
+        if self._commit_in_flight or not self._to_commit or time.monotonic() < self._commit_retry_at:
             return
         payload = self._commit_payload()
         if not payload:
             return
         from kafka.errors import KafkaError
 
+        self._commit_in_flight = True
         try:
-            self._consumer.commit(payload)
+            self._consumer.commit_async(payload, callback=self._on_commit)
         except KafkaError as exc:
+            self._on_commit(payload, exc)
+
+    def _on_commit(self, payload: dict, response: object) -> None:
+        """commit_async's answer (kafka-python hands it over in a later poll, on our thread)."""
+        self._commit_in_flight = False
+        assignment = self._consumer.assignment()
+        if isinstance(response, Exception):
+            self._commit_failed(response)
+            # Sent again (with anything newer) after a pause, as long as the partition is ours.
+            for tp, meta in payload.items():
+                key = (tp.topic, tp.partition)
+                if tp in assignment and meta.offset > self._to_commit.get(key, -1):
+                    self._to_commit[key] = meta.offset
+            self._commit_retry_at = time.monotonic() + 0.5
+            return
+        self._commit_done({tp: meta for tp, meta in payload.items() if tp in assignment})
+
+    def _unconfirmed_payload(self) -> dict:
+        """Acknowledged offsets of assigned partitions that the group has not confirmed."""
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        assignment = self._consumer.assignment()
+        payload = {}
+        for (topic, partition), offset in self._acked.items():
+            tp = TopicPartition(topic, partition)
+            if tp in assignment and offset > self._committed.get((topic, partition), -1):
+                payload[tp] = OffsetAndMetadata(offset, "", -1)
+        return payload
+
+    def _confirm_commits(self) -> None:
+        """Before closing: commit, synchronously, every acknowledged offset the group has not
+        confirmed (a commit in flight, failed, or not sent yet), so that closing the consumer
+        does not lose it."""
+        if self._consumer is None or not self._acked:
+            return
+        try:
+            payload = self._unconfirmed_payload()
+            if not payload:
+                return
+            self._consumer.commit(payload)
+        except Exception as exc:  # noqa: BLE001 (closing: the next owner re-reads, idempotently)
             self._commit_failed(exc)
             return
+        self._to_commit = {}
         self._commit_done(payload)
 
     async def _commit_pending_async(self) -> None:
-        payload = self._commit_payload()
+        """In the rebalance listener: commit every acknowledged offset not confirmed yet (a
+        commit of the consumer thread may be in flight or have failed), awaited."""
+        self._to_commit = {}
+        payload = self._unconfirmed_payload()
         if not payload:
             return
         from kafka.errors import KafkaError
@@ -555,10 +639,14 @@ class SinkLoop:
     def _commit_done(self, payload: dict) -> None:
         self.counters.inc("kpp_sink_commits_total", outcome="ok")
         for tp, meta in payload.items():
-            self._committed[(tp.topic, tp.partition)] = meta.offset
+            key = (tp.topic, tp.partition)
+            if meta.offset >= self._committed.get(key, -1):
+                self._committed[key] = meta.offset
 
     def _rewind_now(self) -> None:
-        """Seek the partitions of `_to_rewind` back to their committed offsets (re-read)."""
+        """Seek the partitions of `_to_rewind` back to their committed offsets (re-read). An
+        asynchronous commit may not have reached the group yet: its offset counts too (the
+        store acknowledged everything before it), so that commits never go backwards."""
         from kafka.structs import TopicPartition
 
         partitions, self._to_rewind = self._to_rewind, set()
@@ -569,6 +657,9 @@ class SinkLoop:
             if tp not in assignment:
                 continue
             committed = self._consumer.committed(tp)
+            ours = self._acked.get((topic, partition), -1)
+            if ours >= 0 and (committed is None or ours > committed):
+                committed = ours
             if committed is None:
                 self._consumer.seek_to_beginning(tp)
             else:
@@ -608,15 +699,6 @@ class SinkLoop:
 
     def committed_offsets(self) -> dict[tuple[str, int], int]:
         return dict(self._committed)
-
-
-def _text(data: bytes | None) -> str | None:
-    if data is None:
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
 
 
 def _tps(tps) -> str:  # noqa: ANN001

@@ -152,3 +152,20 @@ def test_a_number_where_a_string_belongs_is_dead_lettered_not_fatal() -> None:
     for to in WRITERS:
         fast, contract = both_paths(LOOPS[to], orjson.dumps(obj))
         assert fast == contract and fast.dlq_reason == "malformed"
+
+
+def test_the_inlined_number_spelling_is_format_floats() -> None:
+    """The Prometheus fast path spells numbers itself (format_float inlined): the same text for
+    the edges of its rules (integral below 1e15, NaN/±Inf, repr otherwise)."""
+    from sinks.encode import format_float
+
+    edges = [0.0, -0.0, 1.0, -2.0, 0.1 + 0.2, 1e15 - 1, -(1e15 - 1), 1e15, -1e15, 1e16, 123456789.125, 5e-324,
+             1e-7, 1e300, -1e300, 2.0 ** 53, math.nan, math.inf, -math.inf]
+    loop = NO_EXTRA["victoriametrics"]
+    for i, v in enumerate(edges):
+        record = DerivedRecord(kind="gauges", scope="cluster", cluster="c", node=None, window_start_ms=0,
+                               window_end_ms=60_000, metric="m", values={"v": v})
+        fragment, points, _ = loop._fast(record.encode())
+        assert points == 1 and fragment.decode().split(" ")[1] == format_float(v), v
+        fast, contract = both_paths(loop, record.encode())
+        assert fast == contract

@@ -4,7 +4,9 @@ writer whose every send waits for the test and then succeeds or fails as told.
 - at most one write in flight; the consumer thread fills the next batch meanwhile;
 - a batch the store did not take is not committed, is written again (after the backoff)
   before anything newer, and no newer batch is committed before it;
-- a failed DLQ publish commits nothing, seeks back and drops the batch being filled.
+- a failed DLQ publish commits nothing, seeks back and drops the batch being filled;
+- commits are asynchronous: the loop counts a commit only once the coordinator confirmed it,
+  and commits again, synchronously, what is unconfirmed before the consumer closes.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ class FakeConsumer:
     def __init__(self) -> None:
         self._assignment = {P0, P1}
         self._paused: set = set()
-        self.commits: list[dict[tuple[str, int], int]] = []
+        self.commits: list[dict[tuple[str, int], int]] = []  # issued, in order
+        self.sync_commits: list[dict[tuple[str, int], int]] = []
+        self.hold_commits = False
+        self.held: list = []
         self.group_offsets: dict[tuple[str, int], int] = {}
         self.seeks: list[tuple[tuple[str, int], int | str]] = []
 
@@ -48,7 +53,26 @@ class FakeConsumer:
     def commit(self, payload) -> None:  # noqa: ANN001
         offsets = {(tp.topic, tp.partition): meta.offset for tp, meta in payload.items()}
         self.commits.append(offsets)
+        self.sync_commits.append(offsets)
         self.group_offsets.update(offsets)
+
+    def commit_async(self, payload, callback=None) -> None:  # noqa: ANN001
+        """Records the commit; answers it at once, or, with `hold_commits`, when the test calls
+        answer_commits (as kafka-python answers in a later poll)."""
+        offsets = {(tp.topic, tp.partition): meta.offset for tp, meta in payload.items()}
+        self.commits.append(offsets)
+        self.held.append((payload, callback, offsets))
+        if not self.hold_commits:
+            self.answer_commits(True)
+
+    def answer_commits(self, ok: bool) -> None:
+        from kafka.errors import CommitFailedError
+
+        held, self.held = self.held, []
+        for payload, callback, offsets in held:
+            if ok:
+                self.group_offsets.update(offsets)
+            callback(payload, None if ok else CommitFailedError("scripted"))
 
     def committed(self, tp):  # noqa: ANN001, ANN201
         return self.group_offsets.get((tp.topic, tp.partition))
@@ -256,5 +280,87 @@ def test_a_failed_dlq_publish_commits_nothing_and_rereads(writer: ScriptedWriter
         loop._next_attempt = 0.0
         loop._pump()  # the backoff is over: consumption resumes (the records come again)
         assert not loop.store_down and consumer.paused() == set()
+    finally:
+        loop._executor.shutdown(wait=False)
+
+
+def test_commits_are_counted_when_confirmed_and_confirmed_before_closing(writer: ScriptedWriter) -> None:
+    loop, consumer, _ = make_loop(writer)
+    consumer.hold_commits = True
+    try:
+        for offset in range(3):
+            add(loop, 0, offset)
+        writer.release(True)
+        settle(loop)
+        assert consumer.commits == [{("t", 0): 3}]  # issued once the store took the batch...
+        assert loop.committed_offsets() == {} and loop._commit_in_flight  # ...not confirmed yet
+        consumer.answer_commits(True)
+        assert loop.committed_offsets() == {("t", 0): 3} and not loop._commit_in_flight
+        for offset in range(3, 6):
+            add(loop, 0, offset)
+        writer.release(True)
+        settle(loop)
+        consumer.answer_commits(False)  # the coordinator refused this one
+        assert loop.committed_offsets() == {("t", 0): 3}
+        assert loop.counters.get("kpp_sink_commits_total", outcome="failed") == 1
+        loop._confirm_commits()  # what run() does before closing the consumer
+        assert consumer.sync_commits == [{("t", 0): 6}] and consumer.group_offsets == {("t", 0): 6}
+        assert loop.committed_offsets() == {("t", 0): 6}
+        loop._confirm_commits()  # nothing left unconfirmed: no second commit
+        assert consumer.sync_commits == [{("t", 0): 6}]
+    finally:
+        loop._executor.shutdown(wait=False)
+
+
+def test_a_reread_starts_after_a_commit_still_in_flight(writer: ScriptedWriter) -> None:
+    """A failed DLQ publish re-reads from the last acknowledged offset even if its commit has
+    not reached the group yet: commits never go backwards."""
+    loop, consumer, producer = make_loop(writer)
+    consumer.hold_commits = True
+    try:
+        consumer.group_offsets[("t", 0)] = 0
+        for offset in range(3):
+            add(loop, 0, offset)
+        writer.release(True)
+        settle(loop)  # committed asynchronously, not confirmed: the group still says 0
+        assert consumer.commits == [{("t", 0): 3}] and consumer.group_offsets == {("t", 0): 0}
+        add(loop, 0, 3)
+        add(loop, 0, 4, malformed=True)  # DLQ-bound
+        add(loop, 0, 5)
+        add(loop, 0, 6)  # full: written
+        producer.fail = True
+        writer.release(True)
+        settle(loop)
+        assert consumer.seeks == [(("t", 0), 3)] and consumer.commits == [{("t", 0): 3}]
+    finally:
+        loop._executor.shutdown(wait=False)
+
+
+def test_one_commit_in_flight_the_next_ones_coalesce_and_a_failed_one_is_sent_again(
+        writer: ScriptedWriter) -> None:
+    """kafka-python refuses requests beyond its in-flight limit (NodeNotReadyError): commits go
+    one at a time, what is acknowledged meanwhile goes with the next one, and a commit that
+    failed is sent again even when nothing newer comes."""
+    loop, consumer, _ = make_loop(writer)
+    consumer.hold_commits = True
+    try:
+        for batch in range(3):
+            for offset in range(3 * batch, 3 * batch + 3):
+                add(loop, 0, offset)
+            writer.release(True)
+            settle(loop)
+        assert consumer.commits == [{("t", 0): 3}]  # the 2nd and 3rd wait for the 1st's answer
+        consumer.answer_commits(True)
+        loop._pump()
+        assert consumer.commits == [{("t", 0): 3}, {("t", 0): 9}]  # together
+        consumer.answer_commits(False)
+        loop._pump()
+        assert len(consumer.commits) == 2  # sent again after a pause...
+        loop._commit_retry_at = 0.0
+        loop._pump()
+        assert consumer.commits[2:] == [{("t", 0): 9}]  # ...with nothing newer to carry it
+        consumer.answer_commits(True)
+        assert loop.committed_offsets() == {("t", 0): 9} and consumer.group_offsets == {("t", 0): 9}
+        assert loop.counters.get("kpp_sink_commits_total", outcome="failed") == 1
     finally:
         loop._executor.shutdown(wait=False)
