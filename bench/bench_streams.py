@@ -112,7 +112,7 @@ def stream_worker(conn: KafkaConnection, prefix: str, partitions: int, total: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=50)
-    parser.add_argument("--minutes", type=int, default=60)
+    parser.add_argument("--minutes", type=int, default=120)
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     parser.add_argument("--out", metavar="FILE", help="also write the markdown report to FILE")

@@ -194,8 +194,10 @@ def pooled(history: list) -> tuple[dict[str, float], float]:
     total: dict[str, float] = {}
     count = 0.0
     for _start, buckets, c in history:
-        for le in sorted(buckets, key=le_from_key):
-            total[le] = total.get(le, 0.0) + buckets[le]
+        # per bound, the windows are added in history order; the key order does not matter
+        # (histogram_quantile sorts by bound)
+        for le, d in buckets.items():
+            total[le] = total.get(le, 0.0) + d
         count += c
     return total, count
 

@@ -208,6 +208,43 @@ def snap_to_json(snap: HistogramSnapshot) -> list:
     return [les_json, [buckets[le] for le in les], snap.count, float_to_json(snap.sum)]
 
 
+_LES_KEYS_OF: dict[tuple, list] = {}
+
+
+def fast_histogram_step(prev_json: list | None, snap: HistogramSnapshot) -> tuple | None:
+    """The common step of `histogram_delta` on a JSON baseline, without building snapshots:
+    same bounds as the baseline, every count finite, nothing went down. Returns (bucket
+    keys, bucket deltas, count delta, sum delta, new JSON baseline), or None when the step
+    is anything else (the caller then takes the general path)."""
+    if prev_json is None:
+        return None
+    les_json, prev_counts, prev_count, prev_sum_json = prev_json
+    buckets = snap.buckets
+    les = tuple(sorted(buckets))
+    cached = _LES_TO_JSON.get(les)
+    if cached is None or (cached is not les_json and cached != les_json):
+        return None
+    count, total = snap.count, snap.sum
+    prev_sum = float_from_json(prev_sum_json)
+    if not (math.isfinite(count) and count >= prev_count):
+        return None
+    if total < prev_sum and math.isfinite(total) and math.isfinite(prev_sum):
+        return None
+    counts = [buckets[le] for le in les]
+    isfinite = math.isfinite
+    deltas = []
+    for c, p in zip(counts, prev_counts):
+        if not (c >= p and isfinite(c)):
+            return None
+        deltas.append(c - p)
+    keys = _LES_KEYS_OF.get(les)
+    if keys is None:
+        keys = [le_key(le) for le in les]
+        if len(_LES_KEYS_OF) < 1000:
+            _LES_KEYS_OF[les] = keys
+    return keys, deltas, count - prev_count, total - prev_sum, [cached, counts, count, float_to_json(total)]
+
+
 def snap_from_json(obj: list) -> HistogramSnapshot:
     les, counts, count, total = obj
     try:
@@ -314,12 +351,19 @@ def apply_scrape(state: dict, record: ScrapeRecord, settings: StreamSettings) ->
     new_hb: dict[str, list] = {}
     for series, snap in scrape.hists.items():
         prev_json = old_hb.get(series)
-        prev = snap_from_json(prev_json) if prev_json is not None else None
-        delta = histogram_delta(prev, snap)
-        if delta.baseline is not None:
-            new_hb[series] = prev_json if delta.baseline is prev else snap_to_json(delta.baseline)
-        bucket_keys = [(le_key(le), d) for le, d in delta.buckets.items()]
-        dsum = delta.sum
+        step = fast_histogram_step(prev_json, snap)
+        if step is not None:
+            keys, deltas, dcount, dsum, new_hb[series] = step
+            bucket_keys = zip(keys, deltas)
+        else:
+            prev = snap_from_json(prev_json) if prev_json is not None else None
+            delta = histogram_delta(prev, snap)
+            if delta.baseline is not None:
+                new_hb[series] = prev_json if delta.baseline is prev else snap_to_json(delta.baseline)
+            bucket_keys = [(le_key(le), d) for le, d in delta.buckets.items()]
+            dcount, dsum = delta.count, delta.sum
+        if len(targets) > 1:
+            bucket_keys = list(bucket_keys)
         for partial in targets:
             h = partial["h"].get(series)
             if h is None:
@@ -328,7 +372,7 @@ def apply_scrape(state: dict, record: ScrapeRecord, settings: StreamSettings) ->
             get = buckets.get
             for k, d in bucket_keys:
                 buckets[k] = get(k, 0.0) + d
-            h[1] += delta.count
+            h[1] += dcount
             h[2] = float_to_json(float_from_json(h[2]) + dsum)
     state["hb"] = new_hb
 
