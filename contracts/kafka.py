@@ -394,3 +394,35 @@ def _strip_prefix(text: str) -> str:
     SaslAuthenticationFailedError: Authentication failed ..." -> "Authentication failed ..."."""
     head, sep, tail = text.rpartition("Error: ")
     return tail if sep and tail else text
+
+
+def _patch_kafka_python_sender_delay() -> None:
+    """kafka-python 3.0.x: `KafkaNetClient.connection_delay` returns SECONDS (it forwards the
+    connection manager's value), but the producer's Sender adds it to its poll timeout as
+    MILLISECONDS. While a broker is down the sender therefore re-polls every few milliseconds:
+    ~3.5 % of a core per producer, which on a small machine with many producers starves the
+    broker that is trying to restart. Return milliseconds, as the Sender expects; the only
+    other caller compares the value with 0. Applied once, on import, only where the method
+    has that shape, so a kafka-python that fixes it is left alone."""
+    try:
+        from kafka.net.compat import KafkaNetClient
+    except ImportError:  # another kafka-python layout: nothing to fix
+        return
+    original = getattr(KafkaNetClient, "connection_delay", None)
+    if original is None or getattr(original, "_kpp_milliseconds", False):
+        return
+
+    def connection_delay(self, node_id):  # noqa: ANN001, ANN202
+        return self._manager.connection_delay(node_id) * 1000.0
+
+    connection_delay._kpp_milliseconds = True  # type: ignore[attr-defined]
+    import inspect
+    try:
+        source = inspect.getsource(original)
+    except (OSError, TypeError):
+        return
+    if "self._manager.connection_delay(node_id)" in source and "1000" not in source:
+        KafkaNetClient.connection_delay = connection_delay
+
+
+_patch_kafka_python_sender_delay()
