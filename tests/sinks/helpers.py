@@ -24,6 +24,12 @@ from sinks.sink import Backoff, BatchingSink, BatchLimits
 from sinks.writers import WRITERS, WriterSettings
 
 
+# How long a fresh sink may take to read a fresh topic: kafka-python sometimes joins the group
+# before it has the new topic's metadata ("No partition metadata for topic"), and then gets its
+# partitions only after the next metadata refresh (metadata_max_age_ms, 30 s).
+FIRST_READ_S = 45
+
+
 def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 

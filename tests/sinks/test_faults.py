@@ -25,8 +25,8 @@ from sinks.sink import Backoff, BatchLimits
 from tests.conftest import REPO, free_port
 from tests.sinks import servers
 from tests.sinks.helpers import (
-    LoopThread, create_topic, expected_points, make_records, produce, produce_records, unique, vm_export, vm_points,
-    wait_for,
+    FIRST_READ_S, LoopThread, create_topic, expected_points, make_records, produce, produce_records, unique, vm_export,
+    vm_points, wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -102,9 +102,7 @@ def test_store_down_for_60_seconds_then_back_every_point_exactly_once(
         with LoopThread(kafka, "victoriametrics", vm.url, [topic_name], group=group,
                         limits=BatchLimits(max_points=300, max_age_s=0.2),
                         backoff=Backoff(base_s=0.2, cap_s=2.0), timeout_s=2.0) as sink:
-            # (45 s: when kafka-python joins the group before it has the new topic's metadata
-            # it gets no partition until its next metadata refresh, 30 s later.)
-            assert sink.wait_records(len(first), 45)
+            assert sink.wait_records(len(first), FIRST_READ_S)
             commits: list[tuple[float, dict]] = []  # every confirmed commit, timed
             confirmed = sink.loop._commit_done
             sink.loop._commit_done = lambda payload: (commits.append((time.monotonic(), {
@@ -248,7 +246,7 @@ def test_hostile_labels_round_trip_unchanged(kafka: KafkaConnection, vm_url: str
     produce_records(kafka, topic_name, records)
     dlq = unique("dlq")
     with LoopThread(kafka, to, vm_url, [topic_name], dlq_topic=dlq) as sink:
-        assert sink.wait_records(len(records), 30)
+        assert sink.wait_records(len(records), FIRST_READ_S)
     got = vm_points(vm_url, f'{{cluster="{cluster}"}}')
     representable = [r for r in records if to != "influx" or "\n" not in r.node]
     want = {}
@@ -276,7 +274,7 @@ def test_malformed_records_go_to_the_dlq_with_the_reason(kafka: KafkaConnection,
     produce(kafka, topic_name, messages)
     dlq = unique("dlq")
     with LoopThread(kafka, "victoriametrics", vm_url, [topic_name], dlq_topic=dlq) as sink:
-        assert sink.wait_records(len(messages), 30)
+        assert sink.wait_records(len(messages), FIRST_READ_S)
     dead = sorted(read_topic(kafka, dlq, 3), key=lambda m: m.key)
     assert [m.key for m in dead] == [b"k1", b"k2", b"k3"]
     bodies = [dead_letter_body(m.value) for m in dead]
@@ -304,7 +302,7 @@ def test_records_the_store_rejects_go_to_the_dlq_with_its_answer(kafka: KafkaCon
         dlq = unique("dlq")
         with LoopThread(kafka, "remote-write", prom.url, [topic_name], dlq_topic=dlq,
                         limits=BatchLimits(max_points=1000, max_age_s=1.0)) as sink:
-            assert sink.wait_records(len(records), 30)
+            assert sink.wait_records(len(records), FIRST_READ_S)
         [dead] = read_topic(kafka, dlq, 1)
         body = dead_letter_body(dead.value)
         assert body["reason"] == "rejected" and body["store"]["status"] == 400
@@ -330,7 +328,7 @@ def test_rebalance_while_records_are_held_flushes_and_commits_them(kafka: KafkaC
     second = None
     try:
         produce_records(kafka, topic_name, records)
-        assert wait_for(lambda: len(first.loop.sink) == len(records), 30)
+        assert wait_for(lambda: len(first.loop.sink) == len(records), FIRST_READ_S)
         assert group_offsets(kafka, group) == {}
         second = LoopThread(kafka, "victoriametrics", vm_url, [topic_name], group=group, limits=hold).__enter__()
         assert wait_for(lambda: group_offsets(kafka, group) == end_offsets(kafka, topic_name), 30), \

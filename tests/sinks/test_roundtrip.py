@@ -14,8 +14,8 @@ from contracts.kafka import KafkaConnection
 from contracts.records import Sample, ScrapeRecord
 from tests.sinks import servers
 from tests.sinks.helpers import (
-    LoopThread, create_topic, expected_points, make_records, produce, produce_records, unique, vm_points,
-    vm_query,
+    FIRST_READ_S, LoopThread, create_topic, expected_points, make_records, produce, produce_records, unique,
+    vm_points, vm_query,
 )
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ def test_round_trip_into_victoriametrics(kafka: KafkaConnection, vm_url: str, to
     create_topic(kafka, topic_name, partitions=3)
     produce_records(kafka, topic_name, records)
     with LoopThread(kafka, to, vm_url, [topic_name], labels={"env": "test"}) as sink:
-        assert sink.wait_records(len(records), 30)
+        assert sink.wait_records(len(records), FIRST_READ_S)
     got = vm_points(vm_url, f'{{cluster="{cluster}"}}')
     want = expected_series(records, {"env": "test"})
     if to == "influx":  # VictoriaMetrics joins measurement and field with "_" by default
@@ -70,7 +70,7 @@ def test_influx_round_trip_with_colon_separator_gives_the_documented_names(
         records = make_records(cluster, 2, 2, end0_ms=1_700_000_040_000)
         produce_records(kafka, topic_name, records)
         with LoopThread(kafka, "influx", vm.url, [topic_name]) as sink:
-            assert sink.wait_records(len(records), 30)
+            assert sink.wait_records(len(records), FIRST_READ_S)
         got = vm_points(vm.url, f'{{cluster="{cluster}"}}')
         assert {k: sorted(v) for k, v in got.items()} == {k: sorted(v) for k, v in expected_series(records).items()}
     finally:
@@ -88,7 +88,7 @@ def test_special_values_per_protocol(kafka: KafkaConnection, vm_url: str, topic_
     produce_records(kafka, topic_name, [record])
     for to in ("victoriametrics", "remote-write", "influx"):
         with LoopThread(kafka, to, vm_url, [topic_name], labels={"writer": to}) as sink:
-            assert sink.wait_records(1, 30)
+            assert sink.wait_records(1, FIRST_READ_S)
         got = vm_points(vm_url, f'{{cluster="{cluster}",writer="{to}"}}')
         values = {name.replace("_", ":").rsplit(":", 1)[1]: [v for _, v in pts] for (name, _), pts in got.items()}
         if to == "influx":
@@ -111,7 +111,7 @@ def test_raw_samples_are_written_with_node_and_cluster(kafka: KafkaConnection, v
     )
     produce(kafka, topic_name, [(scrape.key, scrape.encode())])
     with LoopThread(kafka, "victoriametrics", vm_url, [topic_name], raw_topic=topic_name) as sink:
-        assert sink.wait_records(1, 30)
+        assert sink.wait_records(1, FIRST_READ_S)
     got = vm_points(vm_url, f'{{cluster="{cluster}"}}')
     assert got == {
         ("kubeproxy_sync_proxy_rules_duration_seconds_bucket",
@@ -134,7 +134,7 @@ def test_remote_write_into_prometheus(kafka: KafkaConnection, topic_name: str, t
         records = make_records(cluster, n_nodes=3, n_windows=3, end0_ms=end0)
         produce_records(kafka, topic_name, records)
         with LoopThread(kafka, "remote-write", prom.url, [topic_name]) as sink:
-            assert sink.wait_records(len(records), 30)
+            assert sink.wait_records(len(records), FIRST_READ_S)
         assert sink.counters.get("kpp_sink_dlq_total", reason="rejected") == 0
         want = expected_series(records)
         got: dict = {}
@@ -161,7 +161,7 @@ def test_line_protocol_into_influxdb(kafka: KafkaConnection, topic_name: str, tm
         records = make_records(cluster, n_nodes=2, n_windows=3, end0_ms=1_700_000_040_000)
         produce_records(kafka, topic_name, records)
         with LoopThread(kafka, "influx", f"{influx.url}/write?db=kpp", [topic_name]) as sink:
-            assert sink.wait_records(len(records), 30)
+            assert sink.wait_records(len(records), FIRST_READ_S)
         response = httpx.get(f"{influx.url}/query", params={
             "db": "kpp", "epoch": "ms",
             "q": f'SELECT * FROM "kubeproxy:sync_proxy_rules_duration_seconds" WHERE "cluster" = \'{cluster}\''},
