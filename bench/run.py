@@ -1,5 +1,6 @@
 """`make bench`: run every bench/bench_*.py against the local stack and collect their reports
-into bench/RESULTS.md (committed, with the machine and date each ran on)."""
+into bench/RESULTS.md (committed, with the machine and date each ran on), followed by the
+last soak report (bench/SOAK.md)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ def main() -> int:
             failed.append(script.name)
             continue
         sections.append(report.read_text().strip())
+    # The soak (`make soak`, 15+ minutes) is not re-run by `make bench`: its last committed
+    # report (bench/SOAK.md, with its plot bench/soak.png) is carried into RESULTS.md.
+    soak = BENCH / "SOAK.md"
+    if soak.is_file():
+        sections.append(soak.read_text().strip())
     results = BENCH / "RESULTS.md"
     results.write_text(
         "# Benchmark results\n\nProduced by `make bench`; each section names the machine and date it ran on, "

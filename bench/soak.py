@@ -101,10 +101,24 @@ class Lag:
         from kafka import KafkaConsumer
         from kafka.admin import KafkaAdminClient
 
-        self.admin = KafkaAdminClient(**connection.kafka_python_kwargs())
-        self.consumer = KafkaConsumer(**connection.kafka_python_kwargs(), group_id=None)
+        # 200 producers starting at once keep a small machine busy for a minute: give the
+        # bootstrap time instead of failing the soak on the first slow answer
+        kwargs = dict(connection.kafka_python_kwargs(), bootstrap_timeout_ms=120_000)
+        self.admin = KafkaAdminClient(**kwargs)
+        self.consumer = KafkaConsumer(**kwargs, group_id=None)
 
     def of(self, group: str, topics: list[str]) -> int:
+        """The group's lag in records, or -1 when Kafka could not tell this time (a group
+        still forming answers NotCoordinator for a while): the sample is skipped."""
+        from kafka.errors import KafkaError
+
+        try:
+            return self._of(group, topics)
+        except KafkaError as exc:
+            print(f"soak: lag of {group} not available this time: {exc}", flush=True)
+            return -1
+
+    def _of(self, group: str, topics: list[str]) -> int:
         from kafka.structs import TopicPartition
 
         committed = {(tp.topic, tp.partition): m.offset
@@ -252,6 +266,17 @@ def main() -> int:
                 raise SystemExit("the stream worker did not start; see " + str(logs / "stream-0.log"))
             time.sleep(0.5)
         started_with = stream_started_with((logs / "stream-0.log").read_text(errors="replace"))
+        # Faust assigns nothing for topics its consumer's metadata does not show yet (it logs
+        # "Ignoring missing topic") and waits for the next rebalance: on a machine too busy at
+        # that moment the worker would idle for the whole soak. Do not start the load before
+        # the worker holds the samples partitions.
+        while f"topic='{topics.samples}'" not in "\n".join(
+                line for line in (logs / "stream-0.log").read_text(errors="replace").splitlines()
+                if "Setting newly assigned partitions" in line):
+            if time.monotonic() > deadline or procs["stream-0"].poll() is not None:
+                raise SystemExit("the stream worker got no partitions of the samples topic; see "
+                                 + str(logs / "stream-0.log"))
+            time.sleep(0.5)
         health = HealthLag(connection, topics.health)
         health.start()
         for w in range(1, args.workers):
@@ -266,6 +291,11 @@ def main() -> int:
                 "produce", "--node", node, "--cluster", cluster, "--interval", str(args.interval),
                 "--target", f"http://127.0.0.1:{sim_port}/nodes/{node}/metrics", "--topic-prefix", prefix,
                 "--spool-dir", str(work / "spool" / node), "--listen", "", *kafka_flags])
+            if i % 10 == 9:
+                # spread the start-up (~1 s of CPU each for imports and first connections): 200
+                # producers started at once keep a 2-core machine, broker included, saturated
+                # for minutes, long enough for the broker's controller to fence it
+                time.sleep(5)
         print(f"soak: all processes started in {time.monotonic() - t_start:.0f} s", flush=True)
 
         watched = {name: proc.pid for name, proc in procs.items()}
@@ -290,8 +320,9 @@ def main() -> int:
                     rows.append((t, "cpu_s", name, cpu))
             stream_lag = lag.of(f"kpp-streams.{prefix}", [topics.samples])
             sink_lag = lag.of(f"{prefix}-sink", list(topics.derived()))
-            rows.append((t, "lag", "stream", stream_lag))
-            rows.append((t, "lag", "sink", sink_lag))
+            for name, value in (("stream", stream_lag), ("sink", sink_lag)):
+                if value >= 0:
+                    rows.append((t, "lag", name, value))
             dead = [(n, p.returncode) for n, p in procs.items() if p.poll() is not None]
             producers_rss = [v for tt, w, n, v in rows if tt == t and w == "rss_mb" and n.startswith("produce-")]
             fresh = health.records[seen:]

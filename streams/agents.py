@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import traceback
 
 import faust
@@ -19,6 +20,9 @@ from streams.config import StreamSettings
 from streams.stages import ClusterStage, NodeStage, dead_letter
 
 log = logging.getLogger("kpp.stream")
+
+#: Seconds without any samples partition before the worker says so.
+UNASSIGNED_WARNING_S = 60
 
 #: Events per batch, and how long a batch waits to fill (seconds).
 BATCH_MAX = 2000
@@ -133,12 +137,24 @@ def wire(app: faust.App, settings: StreamSettings) -> dict:
             await flush("cluster", cluster_stage)
 
     tick_every = max(0.5, min(5.0, settings.idle_timeout_s / 4))
+    unassigned = {"since": time.monotonic(), "warned": False}
 
     @app.timer(interval=tick_every)
     async def idle_ticks() -> None:
         # Tables can only change inside stream iteration, so the timer only sends a tick to the
         # idle partition; the node agent re-checks idleness and closes what is open.
         assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.samples}
+        if assigned:
+            unassigned.update(since=time.monotonic(), warned=False)
+        elif not unassigned["warned"] and time.monotonic() - unassigned["since"] > UNASSIGNED_WARNING_S:
+            # Faust's assignor skips topics its consumer's metadata did not show yet ("Ignoring
+            # missing topic") and waits for the next rebalance: on a busy broker a lone worker can
+            # end up holding nothing. Legitimate with more workers than partitions; say so anyway.
+            unassigned["warned"] = True
+            log.warning("this worker has held no partition of %s for %d s: fine if other workers hold "
+                        "them all; otherwise the last rebalance missed the topic (see \"Ignoring missing "
+                        "topic\" above) and a restart of this worker fixes it", topics.samples,
+                        UNASSIGNED_WARNING_S)
         for part in node_stage.idle_partitions(assigned):
             if node_stage.tick_due(part):
                 await outputs[settings.ticks_topic].send(value=b"{}", partition=part)

@@ -21,7 +21,8 @@ after the committed offset are processed again. What makes that replay harmless:
   new partials and before the deletion of closed windows' partials; a partial for a window
   its source partition had already reported complete is a re-emission and is skipped
   (streams/cluster.py), not sent to the late topic.
-tests/streams/test_crash_model.py crashes the stages at every table write and checks this.
+tests/streams/test_crash_model.py crashes the stages at table writes spread over a run (~80 per
+configuration; once run over every write) and checks this.
 """
 
 from __future__ import annotations
