@@ -124,12 +124,15 @@ def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> floa
 
     if len(bounds) < 2:
         return math.nan
-    observations = counts[-1]
-    if observations == 0:
+    if counts[-1] == 0:
         return math.nan
-    rank = q * observations
-    b = _go_sort_search(len(counts) - 1, lambda i: counts[i] >= rank)
+    return _interpolate(q, bounds, counts)
 
+
+def _interpolate(q: float, bounds: list[float], counts: list[float]) -> float:
+    """Step 6 on prepared buckets (≥ 2 bounds, a +Inf count above 0, 0 ≤ q ≤ 1)."""
+    rank = q * counts[-1]
+    b = _go_sort_search(len(counts) - 1, lambda i: counts[i] >= rank)
     if b == len(bounds) - 1:
         return bounds[-2]
     if b == 0 and bounds[0] <= 0:
@@ -159,21 +162,7 @@ def histogram_quantiles(qs: Sequence[float], buckets: Sequence[tuple[float, floa
         if math.isnan(q) or q < 0 or q > 1 or len(bounds) < 2 or counts[-1] == 0:
             out.append(histogram_quantile(q, buckets))
             continue
-        rank = q * counts[-1]
-        b = _go_sort_search(len(counts) - 1, lambda i: counts[i] >= rank)
-        if b == len(bounds) - 1:
-            out.append(bounds[-2])
-        elif b == 0 and bounds[0] <= 0:
-            out.append(bounds[0])
-        else:
-            bucket_start = 0.0
-            bucket_end = bounds[b]
-            count = counts[b]
-            if b > 0:
-                bucket_start = bounds[b - 1]
-                count -= counts[b - 1]
-                rank -= counts[b - 1]
-            out.append(bucket_start + (bucket_end - bucket_start) * _go_div(rank, count))
+        out.append(_interpolate(q, bounds, counts))
     return out
 
 

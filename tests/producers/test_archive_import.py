@@ -25,7 +25,8 @@ from streams.config import StreamSettings
 from tests.conftest import REPO
 from tests.streams.harness import produce, unique_prefix
 from tests.streams.reference import run_reference
-from tests.streams.replay_helpers import KINDS, create_topics, derived, read_all, rfc3339, run_kpp, validate_all
+from tests.streams.harness import create_topics
+from tests.streams.replay_helpers import KINDS, derived, read_all, rfc3339, run_kpp, validate_all
 from tests.streams.simdata import scrape_records
 
 

@@ -13,10 +13,8 @@ from functools import lru_cache
 
 import jsonschema
 from kafka import KafkaConsumer, TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
 
 from contracts.kafka import KafkaConnection
-from contracts.topics import Topics
 from tests.conftest import REPO
 
 KINDS = ("rates", "quantiles", "gauges", "health", "slo")
@@ -106,16 +104,3 @@ def inside(records, lo: int, hi: int, step_ms: int = 60_000) -> set:
         if start >= lo and end <= hi:
             out.add(r)
     return out
-
-
-def create_topics(kafka: KafkaConnection, prefix: str, partitions: int) -> None:
-    """The stream stage's topics with unlimited retention: the test data is stamped in 2023, and
-    Kafka's retention check (every 5 minutes, retention 7 days) would delete it mid-test."""
-    topics = Topics(prefix)
-    names = [topics.samples, f"{prefix}.cluster-partials", f"{prefix}.stream-ticks", topics.late, topics.dlq,
-             *topics.derived()]
-    admin = KafkaAdminClient(**kafka.kafka_python_kwargs())
-    try:
-        admin.create_topics([NewTopic(n, partitions, 1, topic_configs={"retention.ms": "-1"}) for n in names])
-    finally:
-        admin.close()

@@ -16,8 +16,8 @@ from streams.config import StreamSettings
 from streams.replay import Message, Replayer, _partition_of, merge_by_time
 from tests.streams.harness import Collector, Worker, produce, unique_prefix
 from tests.streams.reference import run_reference
-from tests.streams.replay_helpers import (KINDS, create_topics, derived, identity, inside, rfc3339, run_kpp,
-                                         validate_all)
+from tests.streams.harness import create_topics
+from tests.streams.replay_helpers import KINDS, derived, identity, inside, rfc3339, run_kpp, validate_all
 from tests.streams.simdata import scrape_records
 
 START = 1_700_002_500  # a multiple of 300 s
