@@ -20,7 +20,7 @@ from collections import defaultdict
 
 from streams.config import StreamSettings
 from streams.stages import ClusterStage, NodeStage
-from tests.streams.reference import FakeClock, partition_of
+from tests.streams.reference import FakeClock, partition_of, recording_send
 
 
 class Crash(Exception):
@@ -78,15 +78,7 @@ async def _run(settings, messages, crash_at, seed, max_rewind, batch):
         samples[partition_of(key, settings.partitions) if key is not None else 0].append((key, value))
     partials: dict[int, list] = defaultdict(list)  # the cluster-partials topic, kept across the crash
 
-    async def send(topic, key, value, ts_ms, part):
-        if topic == settings.cluster_partials_topic:
-            q = part if part is not None else partition_of(key, settings.partitions)
-            partials[q].append((key, value))
-        else:
-            sent.append((topic, key, value))
-        fut = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
-        return fut
+    send = recording_send(settings, sent, partials)
 
     journal: list = []
     node_pos: dict[int, int] = defaultdict(int)  # next offset to process, per input partition

@@ -37,6 +37,23 @@ def run_reference(settings: StreamSettings, messages: list[tuple[bytes | None, b
     return asyncio.run(_run(settings, messages, seed, finish_idle, tables, first_offset, batch))
 
 
+def recording_send(settings: StreamSettings, sent: list, partials: dict[int, list]):
+    """The stages' `send` over lists: cluster-partials go to `partials[partition]` (key, value),
+    everything else to `sent` (topic, key, value); delivery is immediate."""
+
+    async def send(topic, key, value, ts_ms, part):
+        if topic == settings.cluster_partials_topic:
+            q = part if part is not None else partition_of(key, settings.partitions)
+            partials[q].append((key, value))
+        else:
+            sent.append((topic, key, value))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    return send
+
+
 async def _run(settings, messages, seed, finish_idle, tables, first_offset, batch=None):
     sent: list[tuple[str, bytes | None, bytes]] = []
     queues: dict[int, list] = defaultdict(list)
@@ -44,36 +61,29 @@ async def _run(settings, messages, seed, finish_idle, tables, first_offset, batc
     node_table, cluster_table = tables or ({}, {})
     rng = random.Random(seed)
 
-    async def send(topic, key, value, ts_ms, part):
-        if topic == settings.cluster_partials_topic:
-            q = part if part is not None else partition_of(key, settings.partitions)
-            queues[q].append((key, value))
-        else:
-            sent.append((topic, key, value))
-        fut = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
-        return fut
-
+    send = recording_send(settings, sent, queues)
     node = NodeStage(settings, node_table, send, clock=clock)
     cluster = ClusterStage(settings, cluster_table, send, clock=clock)
     offsets: dict[int, int] = defaultdict(lambda: first_offset)  # single-partition replays only
     cluster_offsets: dict[int, int] = defaultdict(lambda: first_offset)  # single-partition replays only
 
+    # on_sample / on_message are sample / message followed by flush: batch None is batch 1
+    every = batch or 1
     pending = {"node": 0, "cluster": 0}
+
+    async def count(name: str, stage) -> None:
+        pending[name] += 1
+        if pending[name] >= every:
+            pending[name] = 0
+            await stage.flush()
 
     async def drain_cluster(all_: bool) -> None:
         while any(queues.values()):
             qs = [q for q in sorted(queues) if queues[q]]
             q = rng.choice(qs) if seed is not None else qs[0]
             key, value = queues[q].pop(0)
-            if batch is None:
-                await cluster.on_message(q, cluster_offsets[q], key, value)
-            else:
-                await cluster.message(q, cluster_offsets[q], key, value)
-                pending["cluster"] += 1
-                if pending["cluster"] >= batch:
-                    pending["cluster"] = 0
-                    await cluster.flush()
+            await cluster.message(q, cluster_offsets[q], key, value)
+            await count("cluster", cluster)
             cluster_offsets[q] += 1
             if not all_ and seed is not None and rng.random() < 0.3:
                 return
@@ -87,14 +97,8 @@ async def _run(settings, messages, seed, finish_idle, tables, first_offset, batc
         p = rng.choice(live) if seed is not None else live[0]
         key, value = per_part[p][cursors[p]]
         cursors[p] += 1
-        if batch is None:
-            await node.on_sample(p, offsets[p], key, value)
-        else:
-            await node.sample(p, offsets[p], key, value)
-            pending["node"] += 1
-            if pending["node"] >= batch:
-                pending["node"] = 0
-                await node.flush()
+        await node.sample(p, offsets[p], key, value)
+        await count("node", node)
         offsets[p] += 1
         await drain_cluster(all_=False)
     if batch is not None:
