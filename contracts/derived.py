@@ -101,10 +101,24 @@ class DerivedRecord:
             return cls(
                 kind=kind, scope=obj["scope"], cluster=obj["cluster"], node=obj.get("node"),
                 window_start_ms=int(window["start_ms"]), window_end_ms=int(window["end_ms"]),
-                metric=obj["metric"], values=values, labels=dict(obj.get("labels", {})),
+                metric=obj["metric"], values=values, labels=_labels(obj.get("labels", {})),
                 contributors=dict(obj.get("contributors", {})),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise DecodeError(f"{schema} record is missing or has a malformed field: {exc}") from None
         except ValueError as exc:
             raise DecodeError(f"{schema} record: {exc}") from None
+
+
+def _labels(labels: Any) -> dict[str, str]:
+    """The record's series labels: an object of strings (a number would be written as text by
+    one sink and break another stage; the contract says strings)."""
+    if not isinstance(labels, dict):
+        raise DecodeError(f"field 'labels' must be an object, got {type(labels).__name__}")
+    for name, value in labels.items():
+        if not isinstance(name, str):
+            raise DecodeError(f"field 'labels': label name {name!r} must be a string")
+        if not isinstance(value, str):
+            raise DecodeError(f"field 'labels': label {name!r} must be a string, got {type(value).__name__} "
+                              f"{repr(value)[:100]}")
+    return dict(labels)

@@ -61,12 +61,16 @@ def _fast(obj) -> ScrapeRecord | None:
     samples = []
     append = samples.append
     special = _SPECIAL
+    string = str  # a local: one check per label value of every row
     for row in rows:
         if type(row) is not list or len(row) != 4:
             return None
         name, sample_labels, value, sample_ts = row
         if type(name) is not str or type(sample_labels) is not dict:
             return None
+        for label_value in sample_labels.values():  # orjson's keys are always str
+            if type(label_value) is not string:
+                return None
         if sample_ts is not None and type(sample_ts) is not int:
             return None
         kind = type(value)

@@ -70,3 +70,18 @@ def test_a_record_the_store_refused_carries_the_stores_answer() -> None:
     assert body["store"] == {"url": loop.writer.url, "status": 400, "answer": "bad"}
     assert body["source"]["key"] is None and body["value"] is None
     assert base64.b64decode(body["value_base64"]) == b"\x00binary\xff"
+
+
+@pytest.mark.parametrize("writer_class", [VictoriaMetricsWriter, InfluxWriter])
+def test_a_derived_label_that_is_not_a_string_is_dead_lettered_naming_it(writer_class) -> None:  # noqa: ANN001
+    """It used to be written as the text "5" (by the contract path, which stringified it)."""
+    loop = loop_for(writer_class)
+    value = orjson.dumps({"schema": "kube-proxy.gauges/v1", "scope": "cluster", "cluster": "c", "node": None,
+                          "window": {"start_ms": 1_700_000_040_000, "end_ms": 1_700_000_100_000, "size_s": 60},
+                          "metric": "m", "labels": {"table": 5}, "values": {"last": 1.0}, "contributors": {}})
+    item = loop.to_item("kube-proxy.gauges", 0, 3, b"c", value)
+    assert item.dlq_reason == "malformed" and item.points == 0
+    assert "label 'table' must be a string" in item.dlq_error
+    body = orjson.loads(loop.dlq_message(Rejection(item, item.dlq_reason, item.dlq_error)))
+    jsonschema.validate(body, SCHEMA)
+    assert body["value"] == value.decode()
