@@ -38,7 +38,7 @@ from typing import Callable, Mapping
 
 from contracts.codec import DecodeError
 from contracts.derived import DerivedRecord
-from contracts.dlq import dead_letter
+from contracts.dlq import dead_letter, dlq_key
 from contracts.kafka import KafkaConnection
 from contracts.records import ScrapeRecord
 from contracts.selfmetrics import Counters
@@ -509,7 +509,7 @@ class SinkLoop:
             return
         futures = []
         for rejection in rejected:
-            futures.append(self._producer.send(self.settings.dlq_topic, key=rejection.item.key,
+            futures.append(self._producer.send(self.settings.dlq_topic, key=dlq_key(rejection.item.key),
                                                value=self.dlq_message(rejection)))
         self._producer.flush(timeout=30)
         for future in futures:
