@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import ssl
 import threading
 import time
@@ -137,6 +138,68 @@ def classify_exception(exc: BaseException) -> tuple[str, str] | None:
     return None
 
 
+# Every secret value this process was configured with (a Secret registers itself): the log
+# filter below removes them from any record, whoever logged it.
+_known_secrets: tuple[str, ...] = ()  # longest first; replaced whole, so readers need no lock
+_KNOWN_SECRETS_LOCK = threading.Lock()
+# `'sasl_plain_password': 'x'`, `sasl_plain_password='x'`, `ssl_password=x`: the shapes of the
+# config dumps of kafka-python (KafkaAdminClient logs its whole configuration at DEBUG) and of
+# reprs of client settings.
+_PASSWORD_ITEM = re.compile(
+    r"""(?P<key>['"]?[A-Za-z_]*password[A-Za-z_]*['"]?\s*[:=]\s*)"""
+    r"""(?P<value>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s,})\]]+)""",
+    re.IGNORECASE)
+REDACTED = "***"
+# Shorter values are not replaced everywhere (a one-letter password would garble every line);
+# config dumps are redacted by their `password` items whatever the length.
+MIN_REDACTED_SECRET = 4
+
+
+def redact_secrets(text: str) -> str:
+    """`text` without any known secret value nor any `password` item of a config dump."""
+    for secret in _known_secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    if "password" in text.lower():
+        text = _PASSWORD_ITEM.sub(_redact_item, text)
+    return text
+
+
+def _redact_item(match: re.Match) -> str:
+    quote = match["value"][0] if match["value"][0] in "'\"" else ""
+    return f"{match['key']}{quote}{REDACTED}{quote}"
+
+
+class RedactSecrets(logging.Filter):
+    """A handler filter (logging's documented hook, no library patched) that removes secrets
+    from every record the handler prints, including records of kafka-python, aiokafka and
+    Faust that propagate to it: the message, its arguments, a traceback and a stack."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is the handler's to report
+            return True
+        redacted = redact_secrets(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_secrets(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_secrets(record.stack_info)
+        return True
+
+
+def redact_secrets_in_logs(*handlers: logging.Handler) -> None:
+    """Attach RedactSecrets to `handlers` (default: the root logger's, where every record that
+    is printed ends up)."""
+    for handler in handlers or tuple(logging.getLogger().handlers):
+        if not any(isinstance(f, RedactSecrets) for f in handler.filters):
+            handler.addFilter(RedactSecrets())
+
+
 class Secret:
     """A string that never shows itself in repr/str (and so in logs or tracebacks)."""
 
@@ -144,6 +207,10 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        if len(value) >= MIN_REDACTED_SECRET:
+            global _known_secrets
+            with _KNOWN_SECRETS_LOCK:
+                _known_secrets = tuple(sorted({*_known_secrets, value}, key=len, reverse=True))
 
     def reveal(self) -> str:
         return self._value

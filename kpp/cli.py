@@ -10,7 +10,7 @@ import os
 import sys
 
 from contracts.errors import KppError
-from contracts.kafka import capture_client_failures
+from contracts.kafka import capture_client_failures, redact_secrets_in_logs
 
 # (module, purpose shown in `kpp --help`); order is the order of the help text.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # No secret in any printed record, ours or a client library's (e.g. kafka-python's
+    # configuration dump at DEBUG): a filter on the handlers every record ends up in.
+    redact_secrets_in_logs()
     # Client libraries log every connection at INFO and every failed reconnect at ERROR:
     # a storm during an outage. Our stages log each outage once, when it starts and ends;
     # the Kafka clients' records are kept back, but the cause of a failed connection
