@@ -14,13 +14,23 @@ from contracts.errors import ConfigError
 from contracts.kafka import KafkaConnection
 from contracts.options import Option, add_command, byte_size, positive_float, resolve_command
 from contracts.topics import DEFAULT_PREFIX, Topics
-from producers.node import NodeProducer, NodeSettings
+from producers.node import DEFAULT_MAX_RECORD_BYTES, NodeProducer, NodeSettings
 from producers.parser import METRIC_TYPES
 from producers.scrape import DEFAULT_TARGET, TargetSettings
+from producers.secrets import parse_header_specs, redact_url, secret_literals_on_command_line
 from producers.select import DEFAULT_ALLOW, Selector, SelectionRules, parse_label_pairs
 from contracts.selfmetrics import Counters, serve
 
 log = logging.getLogger("kpp.produce")
+KAFKA_REQUEST_OVERHEAD_BYTES = 16 * 1024  # batch and request headers around the largest record
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive whole number")
+    return value
+
 
 OPTIONS = (
     Option("target", "kube-proxy metrics URL to scrape; repeat for several", [DEFAULT_TARGET], "KPP_TARGETS",
@@ -41,8 +51,10 @@ OPTIONS = (
            flag_only=True),
     Option("bearer_token_file", "file with a bearer token, re-read when it changes (kube-rbac-proxy)",
            None, "KPP_BEARER_TOKEN_FILE", metavar="FILE"),
-    Option("header", "extra request header NAME=VALUE; repeatable", [], "KPP_HEADERS", repeated=True,
-           metavar="NAME=VALUE"),
+    Option("header", "extra request header: NAME=VALUE, NAME=@FILE (value read from FILE, re-read when it "
+           "changes) or NAME=env:VAR (value from the environment); repeatable. Put secrets in a file or "
+           "the environment: the command line is visible to every user of the node", [], "KPP_HEADERS",
+           repeated=True, metavar="NAME=VALUE"),
     Option("unix_socket", "reach the target through this unix socket", None, "KPP_UNIX_SOCKET", metavar="PATH"),
     Option("allow_family", "regex of families to publish; repeatable", list(DEFAULT_ALLOW),
            "KPP_ALLOW_FAMILIES", repeated=True, metavar="REGEX"),
@@ -60,6 +72,11 @@ OPTIONS = (
            metavar="PREFIX"),
     Option("compression", "Kafka compression (lz4/zstd need the extras of the same name)", "gzip",
            "KPP_COMPRESSION", choices=("gzip", "lz4", "zstd", "none")),
+    Option("max_record_bytes", "largest encoded scrape record sent to Kafka; a larger one is published as "
+           "up=0 with reason too_large (keep it within the topic's max.message.bytes)", str(DEFAULT_MAX_RECORD_BYTES),
+           "KPP_MAX_RECORD_BYTES", kind=byte_size, metavar="SIZE"),
+    Option("unhealthy_after", "intervals without a completed scrape of a target before /healthz answers 503", 3,
+           "KPP_UNHEALTHY_AFTER", kind=positive_int, metavar="N"),
     Option("spool_dir", "on-disk spool that holds scrapes while Kafka is away "
            "(default $KPP_STATE_DIR/spool/<node>)", None, "KPP_SPOOL_DIR", metavar="DIR"),
     Option("spool_max_bytes", "spool cap; past it the oldest scrapes are dropped and counted", "256MiB",
@@ -92,16 +109,23 @@ def settings_from(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     values = settings_from(args)
     node = NodeSettings(node=values["node"], cluster=values["cluster"], interval_s=values["interval"],
-                        labels=parse_label_pairs(values["label"], "--label"))
-    headers = parse_label_pairs(values["header"], "--header")
+                        labels=parse_label_pairs(values["label"], "--label"),
+                        max_record_bytes=values["max_record_bytes"], unhealthy_after=values["unhealthy_after"])
+    headers = parse_header_specs(values["header"])
+    for name in secret_literals_on_command_line(getattr(args, "header", None)):
+        log.warning("--header %s is given with its value on the command line, where every user of the node can "
+                    "read it (ps); use --header %s=@FILE or %s=env:VAR", name, name, name)
     targets = [
         TargetSettings(url=url, timeout_s=values["timeout"], max_body_bytes=values["max_body_bytes"],
                        ca_file=values["ca_file"], cert_file=values["cert_file"], key_file=values["key_file"],
                        insecure_skip_verify=values["insecure_skip_verify"],
-                       bearer_token_file=values["bearer_token_file"], headers=headers,
-                       unix_socket=values["unix_socket"])
+                       bearer_token_file=values["bearer_token_file"], headers=headers.literal,
+                       header_files=headers.files, unix_socket=values["unix_socket"])
         for url in values["target"]
     ]
+    if values["timeout"] > values["interval"]:
+        log.warning("--timeout %g s is longer than --interval %g s: a slow target skips ticks",
+                    values["timeout"], values["interval"])
     rules = SelectionRules(
         allow_families=tuple(values["allow_family"]), deny_families=tuple(values["deny_family"]),
         types=frozenset(values["type"]), drop_labels=frozenset(values["drop_label"]),
@@ -117,8 +141,10 @@ def run(args: argparse.Namespace) -> int:
     counters = Counters()
     spool = Spool(spool_dir, max_bytes=values["spool_max_bytes"])
     publisher = Publisher(connection, topic, spool, compression_type=values["compression"],
-                          client_id=f"kpp-producer-{node.node}")
+                          client_id=f"kpp-producer-{node.node}",
+                          max_request_bytes=node.max_record_bytes + KAFKA_REQUEST_OVERHEAD_BYTES)
     producer = NodeProducer(node, targets, Selector(rules), publisher, topic, counters)
+    publisher.replace_too_large = producer.refused_by_kafka
     _export_publisher_stats(counters, publisher)
 
     stop = threading.Event()
@@ -126,9 +152,10 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     server = None
     if values["listen"]:
-        server = serve(values["listen"], counters, lambda: _health(producer, publisher, node.interval_s))
-    log.info("producing node %s (cluster %s): %d target(s) every %g s to %s on %s; spool %s",
-             node.node, node.cluster, len(targets), node.interval_s, topic, connection.describe(), spool_dir)
+        server = serve(values["listen"], counters, lambda: _health(producer, publisher))
+    log.info("producing node %s (cluster %s): %s every %g s to %s on %s; spool %s",
+             node.node, node.cluster, ", ".join(redact_url(t.url) for t in targets), node.interval_s, topic,
+             connection.describe(), spool_dir)
     publisher.start()
     try:
         producer.run(stop, once=values["once"])
@@ -167,10 +194,6 @@ def _export_publisher_stats(counters: Counters, publisher) -> None:
     counters.on_collect(collect)
 
 
-def _health(producer: NodeProducer, publisher, interval_s: float) -> tuple[bool, str]:
-    import time
-
-    last = producer.last_scrape_wall
-    if last is not None and time.time() - last > 3 * interval_s + 30:
-        return False, f"no scrape for {time.time() - last:.0f} s"
-    return True, f"ok: spool depth {publisher.stats.spool_depth}"
+def _health(producer: NodeProducer, publisher) -> tuple[bool, str]:
+    ok, text = producer.health()
+    return ok, f"{text}: spool depth {publisher.stats.spool_depth}" if ok else text

@@ -35,7 +35,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from contracts.errors import ConfigError
 from contracts.kafka import KafkaConnection
@@ -91,6 +91,8 @@ class Publisher:
         client_id: str = "kpp-producer",
         request_timeout_ms: int = 10_000,
         delivery_timeout_ms: int = 120_000,
+        max_request_bytes: int = 1_048_576,
+        replace_too_large: Callable[[bytes, str], bytes | None] | None = None,
     ) -> None:
         self.connection = connection
         self.topic = topic
@@ -101,6 +103,9 @@ class Publisher:
         self.client_id = client_id
         self.request_timeout_ms = request_timeout_ms
         self.delivery_timeout_ms = max(delivery_timeout_ms, request_timeout_ms + linger_ms)
+        self.max_request_bytes = max_request_bytes
+        # value, why -> the record to send in place of one Kafka refuses as too large (None: drop it)
+        self.replace_too_large = replace_too_large
 
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -110,6 +115,8 @@ class Publisher:
         self._producer: Any = None
         # spool positions Kafka acknowledged behind a failed record: not sent again
         self._delivered: set[tuple[int, int]] = set()
+        # spool positions of records Kafka refused as too large -> what is sent in their place
+        self._replacements: dict[tuple[int, int], bytes] = {}
 
         self._sent = 0
         self._errors = 0
@@ -237,6 +244,7 @@ class Publisher:
             request_timeout_ms=self.request_timeout_ms,
             delivery_timeout_ms=self.delivery_timeout_ms,
             max_block_ms=10_000,  # send() waits this long at most for a topic's metadata
+            max_request_size=self.max_request_bytes,
             bootstrap_timeout_ms=timeout_ms,  # the constructor blocks until a broker answers
             reconnect_backoff_max_ms=int(BACKOFF_MAX_S * 1000),  # default 30 s: slow after a restart
         )
@@ -252,12 +260,23 @@ class Publisher:
         futures: list[Any] = []
         send_error: str | None = None
         for entry in entries:
-            if (entry.segment, entry.offset) in self._delivered:
+            position = (entry.segment, entry.offset)
+            if position in self._delivered:
                 futures.append(_ALREADY)  # Kafka has it from an earlier, partly failed batch
                 continue
+            value = self._replacements.get(position, entry.value)
             try:
-                futures.append(producer.send(self.topic, key=entry.key, value=entry.value,
-                                             timestamp_ms=entry.timestamp_ms))
+                try:
+                    futures.append(producer.send(self.topic, key=entry.key, value=value,
+                                                 timestamp_ms=entry.timestamp_ms))
+                except MessageSizeTooLargeError as exc:
+                    # Over our own max request size: its stand-in goes in its place, in order.
+                    replacement = None if position in self._replacements else self._replacement(entry, exc)
+                    if replacement is None:
+                        raise
+                    self._replacements[position] = replacement
+                    futures.append(producer.send(self.topic, key=entry.key, value=replacement,
+                                                 timestamp_ms=entry.timestamp_ms))
             except MessageSizeTooLargeError as exc:
                 futures.append(exc)  # can never be sent: rejected below, in order
             except Exception as exc:  # noqa: BLE001 - the rest of the batch waits for next time
@@ -273,6 +292,7 @@ class Publisher:
         started = time.monotonic()
         acked: SpoolEntry | None = None
         error: str | None = None
+        replaced = False  # a record the broker refused gets a stand-in: the batch goes again
         failed_keys: set[bytes] = set()
         for entry, future in zip(entries, futures):
             if future is _ALREADY:
@@ -288,24 +308,45 @@ class Publisher:
             if outcome is None:
                 if future is not _ALREADY:
                     self._count_sent(entry)
-                if error is not None and entry.key not in failed_keys:
+                if (error is not None or replaced) and entry.key not in failed_keys:
                     self._delivered.add((entry.segment, entry.offset))
             elif isinstance(outcome, MessageSizeTooLargeError):
-                self._reject(entry, outcome)
-                if error is not None:
-                    self._delivered.add((entry.segment, entry.offset))
+                position = (entry.segment, entry.offset)
+                # Refused by the broker (the topic's max.message.bytes, after compression): send
+                # its stand-in in its place, and what followed it of the same key after that.
+                replacement = None if position in self._replacements else self._replacement(entry, outcome)
+                if replacement is not None:
+                    self._replacements[position] = replacement
+                    replaced = True
+                    failed_keys.add(entry.key)
+                else:
+                    self._reject(entry, outcome)
+                    if error is not None or replaced:
+                        self._delivered.add(position)
             else:
                 error = error or f"delivery failed: {_describe(outcome)}"
                 failed_keys.add(entry.key)
-            if error is None:
+            if error is None and not replaced:
                 acked = entry
         if acked is not None:
             self.spool.ack(acked)
             self._delivered = {p for p in self._delivered if p > (acked.segment, acked.offset)}
+            self._replacements = {p: v for p, v in self._replacements.items() if p > (acked.segment, acked.offset)}
         if acked is not entries[-1]:
+            if error is None and send_error is None:
+                return True  # only stand-ins to send: Kafka is fine, the next round sends them at once
             self._failed(error or send_error or "send failed")
             return False
         return True
+
+    def _replacement(self, entry: SpoolEntry, exc: Exception) -> bytes | None:
+        if self.replace_too_large is None:
+            return None
+        try:
+            return self.replace_too_large(entry.value, _describe(exc))
+        except Exception:  # noqa: BLE001 - a bug in the stand-in must not stop delivery
+            log.exception("building the stand-in of a record Kafka refused failed; dropping the record")
+            return None
 
     def _count_sent(self, entry: SpoolEntry) -> None:
         latency = max(0.0, time.time() - entry.append_time)

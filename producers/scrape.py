@@ -1,22 +1,31 @@
 """Fetching one target's /metrics with httpx, the way Prometheus would, with the security
 options kube-proxy deployments use (TLS client certificates, kube-rbac-proxy bearer tokens,
 unix sockets). Returns the body or a classified failure; never raises for target trouble.
+
+Bounded whatever the target does: the timeout is a deadline for the whole request from its
+start (a target trickling one byte a second times out like a silent one), the body cap applies
+to the decoded size across all content-encodings (see `producers.decoding`), and no secret
+(header values, bearer token, URL credentials) appears in an outcome's error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import httpx
 
 from contracts.errors import ConfigError
+from producers.decoding import BodyDecoder, BodyError, BodyTooLarge, content_codings
+from producers.secrets import SecretError, SecretFile, redact, redact_url, url_secrets
 
 DEFAULT_TARGET = "http://127.0.0.1:10249/metrics"
 ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
+ACCEPT_ENCODING = "gzip"  # what kube-proxy (promhttp) offers; decoded under the body cap
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,17 +39,20 @@ class TargetSettings:
     insecure_skip_verify: bool = False
     bearer_token_file: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    header_files: Mapping[str, str] = field(default_factory=dict)  # header name -> file with its value
     unix_socket: str | None = None
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
-            raise ConfigError(f"target {self.url!r} must be an http:// or https:// URL")
+            raise ConfigError(f"target {redact_url(self.url)!r} must be an http:// or https:// URL")
         if self.key_file and not self.cert_file:
             raise ConfigError("--key-file needs --cert-file")
-        for what in ("ca_file", "cert_file", "key_file", "bearer_token_file"):
-            path = getattr(self, what)
+        files = {what.replace("_", " "): getattr(self, what)
+                 for what in ("ca_file", "cert_file", "key_file", "bearer_token_file")}
+        files.update({f"file of header {name}": path for name, path in self.header_files.items()})
+        for what, path in files.items():
             if path and not os.path.isfile(path):
-                raise ConfigError(f"{what.replace('_', ' ')} {path!r} does not exist")
+                raise ConfigError(f"{what} {path!r} does not exist")
         if self.timeout_s <= 0:
             raise ConfigError("the scrape timeout must be positive")
 
@@ -52,34 +64,14 @@ class ScrapeOutcome:
     body: str | None
     duration_s: float
     body_bytes: int
-    reason: str  # "ok", or why not: timeout, refused, http_status, too_large, tls, transport
+    reason: str  # "ok", or why not: timeout, refused, http_status, body_too_large, encoding, tls, transport,
+    #              token, header
     error: str | None = None
+    started_ms: int | None = None  # wall clock (epoch ms) when the request started
 
     @property
     def ok(self) -> bool:
         return self.body is not None
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class _BearerToken:
-    """A token file re-read whenever it changes (kube-rbac-proxy tokens rotate)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._stamp: tuple[float, int] | None = None
-        self._token = ""
-
-    def current(self) -> str:
-        stat = os.stat(self.path)
-        stamp = (stat.st_mtime, stat.st_size)
-        if stamp != self._stamp:
-            with open(self.path, encoding="utf-8") as fh:
-                self._token = fh.read().strip()
-            self._stamp = stamp
-        return self._token
 
 
 def ssl_context(settings: TargetSettings) -> ssl.SSLContext | bool:
@@ -100,59 +92,99 @@ def ssl_context(settings: TargetSettings) -> ssl.SSLContext | bool:
 
 
 class Scraper:
-    """One target. `scrape()` is the only method that touches the network."""
+    """One target. `fetch()` is the only method that touches the network."""
 
-    def __init__(self, settings: TargetSettings, *, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, settings: TargetSettings, *, transport: httpx.AsyncBaseTransport | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
-        self._token = _BearerToken(settings.bearer_token_file) if settings.bearer_token_file else None
+        self.target = redact_url(settings.url)  # the form shown in records, metrics and logs
+        self._clock = clock
+        self._token = SecretFile(settings.bearer_token_file, "bearer token") if settings.bearer_token_file else None
+        self._header_files = {name: SecretFile(path, f"header {name}") for name, path in settings.header_files.items()}
+        self._static_secrets = [*settings.headers.values(), *url_secrets(settings.url)]
         if transport is None and settings.unix_socket:
-            transport = httpx.HTTPTransport(uds=settings.unix_socket)
-        self._client = httpx.Client(
-            verify=ssl_context(settings) if settings.url.startswith("https://") else True,
-            timeout=settings.timeout_s,
-            headers={"Accept": ACCEPT, "User-Agent": "kube-proxy-pipeline", **settings.headers},
-            transport=transport,
+            transport = httpx.AsyncHTTPTransport(uds=settings.unix_socket)
+        self._transport = transport
+        self._verify = ssl_context(settings) if settings.url.startswith("https://") else True
+        self._client: httpx.AsyncClient | None = None
+
+    def _make_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            verify=self._verify,
+            timeout=self.settings.timeout_s,  # per operation; the deadline below bounds the whole request
+            headers={"Accept": ACCEPT, "Accept-Encoding": ACCEPT_ENCODING, "User-Agent": "kube-proxy-pipeline",
+                     **self.settings.headers},
+            transport=self._transport,
             follow_redirects=False,
         )
 
-    def close(self) -> None:
-        self._client.close()
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
 
     def scrape(self) -> ScrapeOutcome:
+        """One scrape from synchronous code (its own event loop and connection)."""
+        async def once() -> ScrapeOutcome:
+            try:
+                return await self.fetch()
+            finally:
+                await self.aclose()
+        return asyncio.run(once())
+
+    async def fetch(self) -> ScrapeOutcome:
+        """Scrape now. The outcome carries the wall-clock start; the timeout runs from it."""
+        started_ms = int(self._clock() * 1000)
+        started = time.monotonic()
+        secrets = list(self._static_secrets)
+        size = 0
+
+        def outcome(reason: str, error: str | None = None, body: str | None = None) -> ScrapeOutcome:
+            return ScrapeOutcome(body, time.monotonic() - started, size, reason, redact(error, secrets), started_ms)
+
         headers = {}
         if self._token is not None:
             try:
-                headers["Authorization"] = f"Bearer {self._token.current()}"
-            except OSError as exc:
-                return ScrapeOutcome(None, 0.0, 0, "token", f"cannot read bearer token file: {exc.strerror}")
-        started = time.monotonic()
-        size = 0
+                token = self._token.current()
+            except SecretError as exc:
+                return outcome("token", str(exc))
+            secrets.append(token)
+            headers["Authorization"] = f"Bearer {token}"
+        for name, source in self._header_files.items():
+            try:
+                headers[name] = source.current()
+            except SecretError as exc:
+                return outcome("header", str(exc))
+            secrets.append(headers[name])
+        if self._client is None:
+            self._client = self._make_client()
+        decoder: BodyDecoder | None = None
         try:
-            with self._client.stream("GET", self.settings.url, headers=headers) as response:
-                if response.status_code != 200:
-                    return ScrapeOutcome(None, time.monotonic() - started, 0, "http_status",
-                                         f"HTTP {response.status_code} {response.reason_phrase}")
-                chunks: list[bytes] = []
-                for chunk in response.iter_bytes():  # decompressed: the cap bounds our memory
-                    size += len(chunk)
-                    if size > self.settings.max_body_bytes:
-                        raise _BodyTooLarge()
-                    chunks.append(chunk)
-                body = b"".join(chunks)
-        except _BodyTooLarge:
-            return ScrapeOutcome(None, time.monotonic() - started, size, "too_large",
-                                 f"body larger than the limit of {self.settings.max_body_bytes} bytes")
-        except httpx.TimeoutException:
-            return ScrapeOutcome(None, time.monotonic() - started, size, "timeout",
-                                 f"no complete answer within {self.settings.timeout_s:g} s")
+            async with asyncio.timeout(self.settings.timeout_s):
+                async with self._client.stream("GET", self.settings.url, headers=headers) as response:
+                    if response.status_code != 200:
+                        return outcome("http_status", f"HTTP {response.status_code} {response.reason_phrase}")
+                    decoder = BodyDecoder(content_codings(response.headers.get("content-encoding")),
+                                          self.settings.max_body_bytes)
+                    async for raw in response.aiter_raw():
+                        decoder.feed(raw)
+                        size = decoder.size
+                    body = decoder.finish()
+                    size = decoder.size
+        except BodyTooLarge as exc:
+            size = exc.seen
+            return outcome("body_too_large", str(exc))
+        except BodyError as exc:
+            return outcome("encoding", str(exc))
+        except (TimeoutError, httpx.TimeoutException):
+            return outcome("timeout", f"no complete answer within {self.settings.timeout_s:g} s")
         except httpx.ConnectError as exc:
             reason = "tls" if "SSL" in str(exc) or "CERTIFICATE" in str(exc) else "refused"
-            return ScrapeOutcome(None, time.monotonic() - started, size, reason, f"cannot connect: {exc}")
+            return outcome(reason, f"cannot connect: {exc}")
         except httpx.HTTPError as exc:
-            return ScrapeOutcome(None, time.monotonic() - started, size, "transport",
-                                 f"{type(exc).__name__}: {exc}")
+            return outcome("transport", f"{type(exc).__name__}: {exc}")
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            return ScrapeOutcome(None, time.monotonic() - started, size, "encoding", f"body is not UTF-8: {exc}")
-        return ScrapeOutcome(text, time.monotonic() - started, size, "ok")
+            return outcome("encoding", f"body is not UTF-8: {exc}")
+        return outcome("ok", body=text)

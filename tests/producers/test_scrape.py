@@ -123,7 +123,7 @@ def test_gzip_body_limit_status_and_timeout() -> None:
         outcome = Scraper(TargetSettings(url=url)).scrape()
         assert outcome.ok and outcome.body_bytes == len(BODY)  # decompressed size
         too_small = Scraper(TargetSettings(url=url, max_body_bytes=1000)).scrape()
-        assert too_small.reason == "too_large" and "1000 bytes" in too_small.error
+        assert too_small.reason == "body_too_large" and "1000 bytes" in too_small.error
     finally:
         server.shutdown()
     server, url = http_server(status=500)
