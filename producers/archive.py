@@ -79,6 +79,25 @@ def archive_line(partition: int, offset: int, timestamp_ms: int, key: bytes | No
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE), scrape_ts
 
 
+def line_problem(obj: Any) -> str | None:
+    """What keeps a parsed line from being an archive line `line_value` can publish; None if
+    nothing does."""
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    for name in ("partition", "offset", "timestamp_ms"):
+        if not isinstance(obj.get(name), int) or isinstance(obj.get(name), bool):
+            return f"{name} is not an integer"
+    if obj.get("key") is not None and not isinstance(obj["key"], str):
+        return "key is neither a string nor null"
+    encoded = obj.get("value_base64")
+    if encoded is not None:
+        try:
+            base64.b64decode(encoded, validate=True)
+        except (TypeError, ValueError):  # binascii.Error is a ValueError
+            return "value_base64 is not base64"
+    return None
+
+
 def line_value(obj: dict) -> bytes | None:
     """The message value an archive line holds, as bytes to publish (sorted-key JSON, which is
     what every stage of this project writes, so the bytes are the original ones)."""

@@ -11,8 +11,9 @@ import sys
 import threading
 
 from contracts.kafka import KafkaConnection
-from contracts.options import Option, add_command, positive_float, resolve_command
+from contracts.options import Option, add_command, byte_size, positive_float, resolve_command
 from contracts.topics import DEFAULT_PREFIX, Topics
+from producers.importer import DEFAULT_MAX_LINE_BYTES
 
 log = logging.getLogger("kpp.archive")
 
@@ -62,6 +63,18 @@ scrape time is not newer than the last one it processed for that node (counted a
 duplicate in the node's health record, or routed to <prefix>.late when its window has
 already closed). To re-derive imported history, import into a fresh topic prefix, or run
 `kpp replay` over the range.
+
+Bad input stops the import (exit 2) with one line naming the file and line. History stays
+inside its archive: an index.json entry that is an absolute path, holds `..`, leads out of
+the archive directory through a symbolic link, is missing or is not a regular file refuses
+the whole index before any file is read or anything published. A line longer than
+--max-line-bytes, a truncated or corrupt gzip file, or a line that does not parse stops the
+import where it is found; what was published before it is delivered and counted in the
+message, and running the same import again once the file is fixed or removed is safe
+(scrapes already processed are skipped downstream). It stops rather than skipping the file
+because the stream stage drops scrapes older than what it already processed for a node: a
+file imported after later data would stay a hole. Error messages quote at most a short,
+escaped excerpt of an input line, never a refused file.
 """
 
 
@@ -83,6 +96,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("--partitions", type=int, default=1,
                      help="partitions of <prefix>.samples if import has to create it (default 1)")
     imp.add_argument("--compression", choices=("gzip", "none"), default="gzip", help="Kafka compression")
+    imp.add_argument("--max-line-bytes", type=byte_size, default=DEFAULT_MAX_LINE_BYTES, metavar="SIZE",
+                     help="longest input line accepted (after gzip is undone), e.g. 64MiB; a longer line "
+                     "stops the import without being read into memory (default 16MiB)")
     KafkaConnection.add_cli_arguments(imp)
     imp.set_defaults(func=run_import)
 
@@ -117,7 +133,8 @@ def run_import(args: argparse.Namespace) -> int:
     identity = Identity(node=args.node, cluster=args.cluster,
                         default_cluster=os.environ.get("KPP_CLUSTER") or "default")
     stats = import_files(connection, topics.samples, args.files, identity, partitions=args.partitions,
-                         compression=None if args.compression == "none" else args.compression)
+                         compression=None if args.compression == "none" else args.compression,
+                         max_line_bytes=args.max_line_bytes)
     formats = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_format.items())) or "nothing"
     print(f"kpp import: {stats.messages} messages published to {topics.samples} ({formats}); "
           f"{stats.duplicates_skipped} duplicate archive lines skipped; scrape times "

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import gzip
 import heapq
-import io
 import logging
 import math
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Iterable, Iterator, NamedTuple
 
 import orjson
 
@@ -43,7 +43,8 @@ from contracts.codec import DecodeError, float_from_json
 from contracts.errors import ConfigError
 from contracts.kafka import KafkaConnection
 from contracts.records import Sample, ScrapeRecord
-from producers.archive import INDEX, line_value
+from contracts.terminal import excerpt
+from producers.archive import INDEX, line_problem, line_value
 from producers.parser import ParseError, ParseResult, parse_families
 from producers.select import Selector
 
@@ -85,31 +86,130 @@ class ImportStats:
 
 # -- reading ------------------------------------------------------------------------------------
 
-def _open_bytes(path: Path) -> bytes:
-    data = path.read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    return data
+# A VictoriaMetrics export line holds a whole series of the range (a month of 15 s points is
+# about 5 MB); an archive line one Kafka message. Longer lines are damage or an attack.
+DEFAULT_MAX_LINE_BYTES = 16 << 20
+GZIP_MAGIC = b"\x1f\x8b"
 
 
-def sniff(data: bytes) -> str:
-    """'archive', 'export' or 'text'."""
-    for line in io.BytesIO(data):
-        line = line.strip()
+class LineTooLong(Exception):
+    """A line longer than the cap; `line_number` is 1-based."""
+
+    def __init__(self, line_number: int) -> None:
+        super().__init__(line_number)
+        self.line_number = line_number
+
+
+def bounded_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[bytes]:
+    """The lines of `stream`, newline kept. Holds at most one line of `max_line_bytes` (newline
+    not counted) plus the stream's buffer: a longer line raises `LineTooLong` as soon as
+    `max_line_bytes + 1` bytes of it are read, the rest is never read."""
+    number = 0
+    while True:
+        line = stream.readline(max_line_bytes + 1)
         if not line:
-            continue
-        if line.startswith(b"{"):
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                raise ConfigError("a JSON line that is not valid JSON") from None
-            if isinstance(obj, dict) and "metric" in obj and "values" in obj and "timestamps" in obj:
-                return "export"
-            if isinstance(obj, dict) and "offset" in obj and "partition" in obj:
-                return "archive"
-            raise ConfigError("JSON lines that are neither a kpp archive nor an /api/v1/export")
+            return
+        number += 1
+        if len(line) > max_line_bytes and not line.endswith(b"\n"):
+            raise LineTooLong(number)
+        yield line
+
+
+def file_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a file, gzip undone. A line over the cap, a truncated or corrupt
+    gzip stream or a read error is a ConfigError naming the file and the line."""
+    number = 0
+    try:
+        with open(path, "rb") as raw:
+            compressed = raw.peek(2)[:2] == GZIP_MAGIC
+            stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw  # type: ignore[assignment]
+            for number, line in enumerate(bounded_lines(stream, max_line_bytes), 1):
+                yield number, line
+    except LineTooLong as exc:
+        raise ConfigError(f"{path}:{exc.line_number}: line longer than {max_line_bytes} bytes "
+                          "(--max-line-bytes); not read further") from None
+    except EOFError:
+        raise ConfigError(f"{path}: truncated gzip: the file ends before the end of its compressed "
+                          f"stream, after line {number}") from None
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        raise ConfigError(f"{path}: corrupt gzip after line {number}: {excerpt(str(exc))}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read after line {number}: {exc.strerror or exc}") from None
+
+
+def sniff_line(line: bytes, where: str) -> str:
+    """'archive', 'export' or 'text', from the first non-blank line of a file."""
+    if not line.lstrip().startswith(b"{"):
         return "text"
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: a JSON line that is not valid JSON ({exc})") from None
+    if isinstance(obj, dict) and "metric" in obj and "values" in obj and "timestamps" in obj:
+        return "export"
+    if isinstance(obj, dict) and "offset" in obj and "partition" in obj:
+        return "archive"
+    raise ConfigError(f"{where}: JSON lines that are neither a kpp archive nor an /api/v1/export")
+
+
+def sniff_file(path: Path, max_line_bytes: int) -> str:
+    for number, line in file_lines(path, max_line_bytes):
+        if line.strip():
+            return sniff_line(line, f"{path}:{number}")
     return "text"
+
+
+class RefusedEntry(Exception):
+    """An index entry that names no file of its archive; `str()` says why."""
+
+
+def archive_member(root: Path, name: object) -> Path:
+    """The file an index entry names, which must be a regular file inside the archive directory
+    `root`: no absolute path, no `..`, no symbolic link leading out. Only looks at names and
+    links, never opens anything, so a refused file is never read."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise RefusedEntry("not a file name")
+    if PurePosixPath(name).is_absolute():
+        raise RefusedEntry("an absolute path")
+    if ".." in PurePosixPath(name).parts:
+        raise RefusedEntry("a path with '..'")
+    resolved = (root / name).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise RefusedEntry("a symbolic link out of the archive")
+    if not resolved.exists():
+        raise RefusedEntry("missing")
+    if not resolved.is_file():
+        raise RefusedEntry("not a regular file")
+    return resolved
+
+
+def index_files(index_path: Path) -> list[Path]:
+    """The files an archive's index.json lists, every entry checked by `archive_member` first:
+    one bad entry refuses the whole index, before any file is read."""
+    try:
+        index = orjson.loads(index_path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{index_path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{index_path}: cannot read: {exc.strerror or exc}") from None
+    entries = index.get("files", []) if isinstance(index, dict) else None
+    if not isinstance(entries, list):
+        raise ConfigError(f"{index_path}: not a kpp archive index (no list of files)")
+    root = index_path.parent
+    files: list[Path] = []
+    refused: list[str] = []
+    for n, entry in enumerate(entries, 1):
+        name = entry.get("file") if isinstance(entry, dict) else None
+        try:
+            files.append(archive_member(root, name))
+        except RefusedEntry as why:
+            shown = repr(excerpt(name)) if isinstance(name, str) else f"entry {n}"
+            refused.append(f"{shown} ({why})")
+    if refused:
+        listed = "; ".join(refused[:5]) + (f"; and {len(refused) - 5} more" if len(refused) > 5 else "")
+        raise ConfigError(f"{index_path}: {len(refused)} of {len(entries)} entries refused, nothing imported "
+                          f"(an index may only name regular files inside its archive directory): {listed}")
+    return files
 
 
 def expand(paths: Iterable[str]) -> list[Path]:
@@ -122,34 +222,47 @@ def expand(paths: Iterable[str]) -> list[Path]:
         if path.name == INDEX:
             if not path.exists():
                 raise ConfigError(f"{path} does not exist (an archive directory holds {INDEX})")
-            index = orjson.loads(path.read_bytes())
-            out.extend(path.parent / entry["file"] for entry in index.get("files", []))
+            out.extend(index_files(path))
         else:
             if not path.exists():
                 raise ConfigError(f"{path} does not exist")
+            if not path.is_file():  # a pipe would be half consumed by finding its kind
+                raise ConfigError(f"{path} is not a regular file (save a pipe's output to a file first)")
             out.append(path)
     return out
 
 
-def _archive_lines(path: Path) -> Iterator[dict]:
-    with gzip.open(path, "rb") if path.read_bytes()[:2] == b"\x1f\x8b" else open(path, "rb") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    yield orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    raise ConfigError(f"{path}:{n}: not valid JSON") from None
+def plan(paths: Iterable[str], max_line_bytes: int) -> list[tuple[Path, str]]:
+    """Every input file with its kind, found before anything is published: a refused index
+    entry or an unreadable first line stops the import with nothing sent."""
+    return [(path, sniff_file(path, max_line_bytes)) for path in expand(paths)]
 
 
-def archive_messages(paths: list[Path], stats: ImportStats) -> Iterator[Message]:
+def _archive_lines(path: Path, max_line_bytes: int) -> Iterator[dict]:
+    for n, line in file_lines(path, max_line_bytes):
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{n}: not valid JSON ({exc})") from None
+        problem = line_problem(obj)
+        if problem:
+            raise ConfigError(f"{path}:{n}: not a kpp archive line: {problem}")
+        yield obj
+
+
+def archive_messages(paths: list[Path], stats: ImportStats,
+                     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Message]:
     """All archived messages: per source partition merged by offset (files of different hours
     interleave in offsets), partitions interleaved by timestamp; duplicates dropped."""
     per_partition: dict[int, list[Iterator[tuple[int, dict]]]] = defaultdict(list)
     for path in paths:
-        first = next(_archive_lines(path), None)
+        first = next(_archive_lines(path, max_line_bytes), None)
         if first is None:
             continue
-        per_partition[int(first["partition"])].append(((obj["offset"], obj) for obj in _archive_lines(path)))
+        per_partition[int(first["partition"])].append(
+            ((obj["offset"], obj) for obj in _archive_lines(path, max_line_bytes)))
 
     def partition_stream(files: list) -> Iterator[dict]:
         last = -1
@@ -238,10 +351,11 @@ def records_from_groups(groups: dict[tuple[str, str, int], list[Sample]], family
 def text_records(data: bytes, where: str, identity: Identity) -> list[ScrapeRecord]:
     try:
         parsed = parse_families(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{where}: not UTF-8 text") from None
-    except ParseError as exc:
-        raise ConfigError(f"{where}:{exc.line_number}: {exc.reason}") from None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{where}:{line}: not UTF-8 text") from None
+    except ParseError as exc:  # the reason may quote the line: short and escaped
+        raise ConfigError(f"{where}:{exc.line_number}: {excerpt(exc.reason, 160)}") from None
     groups: dict[tuple[str, str, int], list[Sample]] = defaultdict(list)
     family_of = dict(parsed.family_of)
     types = dict(parsed.types)
@@ -261,18 +375,37 @@ def text_records(data: bytes, where: str, identity: Identity) -> list[ScrapeReco
     return records_from_groups(groups, family_of, types, "prometheus-text")
 
 
-def export_records(data: bytes, where: str, identity: Identity) -> list[ScrapeRecord]:
+def export_series(line: bytes) -> tuple[dict[str, str], list, list[int]]:
+    """(metric labels, values, timestamps) of one /api/v1/export line; ValueError says what is
+    wrong with it."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+    if not isinstance(obj, dict) or not all(k in obj for k in ("metric", "values", "timestamps")):
+        raise ValueError("not an /api/v1/export line (needs metric, values and timestamps)")
+    metric, values, stamps = obj["metric"], obj["values"], obj["timestamps"]
+    if not isinstance(metric, dict) or not all(isinstance(v, str) for v in metric.values()):
+        raise ValueError("metric is not an object of string labels")
+    if not isinstance(values, list) or not isinstance(stamps, list) or len(values) != len(stamps):
+        raise ValueError("values and timestamps are not two lists of the same length")
+    if not all(isinstance(ts, int) and not isinstance(ts, bool) for ts in stamps):
+        raise ValueError("a timestamp that is not an integer")
+    return metric, values, stamps
+
+
+def export_records(lines: Iterable[tuple[int, bytes]], where: str, identity: Identity) -> list[ScrapeRecord]:
+    """Scrape records from numbered /api/v1/export lines (see `file_lines`)."""
     groups: dict[tuple[str, str, int], list[Sample]] = defaultdict(list)
     labels_of: dict[str, set[str]] = defaultdict(set)
-    for n, line in enumerate(io.BytesIO(data), 1):
+    for n, line in lines:
         if not line.strip():
             continue
         try:
-            obj = orjson.loads(line)
-            metric = dict(obj["metric"])
-            values, stamps = obj["values"], obj["timestamps"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise ConfigError(f"{where}:{n}: not an /api/v1/export line") from None
+            metric, values, stamps = export_series(line)
+        except ValueError as exc:
+            raise ConfigError(f"{where}:{n}: {exc}") from None
+        metric = dict(metric)
         name = metric.pop("__name__", None)
         if not name:
             raise ConfigError(f"{where}:{n}: series without __name__")
@@ -283,29 +416,32 @@ def export_records(data: bytes, where: str, identity: Identity) -> list[ScrapeRe
             try:
                 v = float_from_json(value)
             except DecodeError:
-                continue
+                raise ConfigError(f"{where}:{n}: a value that is not a number: {excerpt(repr(value), 40)}") from None
             if math.isnan(v):
                 continue  # staleness markers
-            groups[(node, cluster, int(ts))].append(Sample(name, labels, v, None))
+            groups[(node, cluster, ts)].append(Sample(name, labels, v, None))
     family_of, types = infer_families(labels_of, labels_of)
     for samples in groups.values():
         samples.sort(key=lambda s: (s.name, sorted(s.labels.items())))
     return records_from_groups(groups, family_of, types, "vm-export")
 
 
-def messages(paths: Iterable[str], identity: Identity, stats: ImportStats) -> Iterator[tuple[str, Message]]:
-    """(format, message) for every input, archives first merged, then the others file by file."""
-    files = expand(paths)
-    archives, others = [], []
-    for path in files:
-        data = _open_bytes(path)
-        kind = sniff(data)
-        (archives if kind == "archive" else others).append((path, kind, data if kind != "archive" else None))
+def messages(planned: list[tuple[Path, str]], identity: Identity, stats: ImportStats,
+             max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[str, Message]]:
+    """(format, message) for every planned input, archives first merged, then the others file
+    by file."""
+    archives = [path for path, kind in planned if kind == "archive"]
     if archives:
-        for msg in archive_messages([p for p, _k, _d in archives], stats):
+        for msg in archive_messages(archives, stats, max_line_bytes):
             yield "archive", msg
-    for path, kind, data in others:
-        records = (export_records if kind == "export" else text_records)(data, str(path), identity)
+    for path, kind in planned:
+        if kind == "archive":
+            continue
+        lines = file_lines(path, max_line_bytes)
+        if kind == "export":
+            records = export_records(lines, str(path), identity)
+        else:  # the text parser takes a whole file (its lines are capped all the same)
+            records = text_records(b"".join(line for _n, line in lines), str(path), identity)
         log.info("%s: %s, %d scrape records", path, kind, len(records))
         for r in records:
             yield kind, Message(r.key, r.encode(), r.scrape_ts_ms)
@@ -332,24 +468,39 @@ def ensure_topic(connection: KafkaConnection, topic: str, partitions: int) -> No
 
 
 def import_files(connection: KafkaConnection, topic: str, paths: Iterable[str], identity: Identity, *,
-                 partitions: int = 1, compression: str | None = "gzip") -> ImportStats:
+                 partitions: int = 1, compression: str | None = "gzip",
+                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> ImportStats:
+    """Publish every input. A bad input (refused index entry, line over the cap, truncated
+    gzip, a line that does not parse) stops the import with a ConfigError naming file and
+    line: found while planning, nothing is published; found later, what was sent before it is
+    delivered and counted in the message. Re-running the fixed import is safe: scrapes already
+    processed are skipped downstream."""
     from kafka import KafkaProducer
 
+    planned = plan(paths, max_line_bytes)
     stats = ImportStats()
     ensure_topic(connection, topic, partitions)
     producer = KafkaProducer(**connection.kafka_python_kwargs(), linger_ms=20, batch_size=1 << 20,
                              max_request_size=8 << 20, compression_type=compression, client_id="kpp-import")
     errors: list[BaseException] = []
+    bad_input: ConfigError | None = None
     try:
-        for fmt, msg in messages(paths, identity, stats):
-            if errors:
-                break
-            producer.send(topic, key=msg.key, value=msg.value, timestamp_ms=msg.timestamp_ms).add_errback(errors.append)
-            stats.count(fmt, msg.timestamp_ms)
+        try:
+            for fmt, msg in messages(planned, identity, stats, max_line_bytes):
+                if errors:
+                    break
+                producer.send(topic, key=msg.key, value=msg.value,
+                              timestamp_ms=msg.timestamp_ms).add_errback(errors.append)
+                stats.count(fmt, msg.timestamp_ms)
+        except ConfigError as exc:
+            bad_input = exc  # stop here, but deliver what was sent before it
         producer.flush(120)
     finally:
         producer.close(30)
     if errors:
         raise ConfigError(f"import: {len(errors)} message(s) could not be published: {errors[0]!r}")
+    if bad_input is not None:
+        raise ConfigError(f"{bad_input}; import stopped there after publishing {stats.messages} message(s) "
+                          f"to {topic} (fix or remove the file and run the same import again: scrapes "
+                          "already processed are skipped downstream)")
     return stats
-
