@@ -13,6 +13,7 @@ from contracts.codec import DecodeError, dumps
 from contracts.derived import KINDS, DerivedRecord
 from contracts.errors import ConfigError
 from contracts.kafka import KafkaConnection
+from contracts.terminal import excerpt, printable
 from contracts.topics import DEFAULT_PREFIX, Topics
 
 _RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)([smhd])$")
@@ -69,6 +70,67 @@ def format_value(value: float | None) -> str:
     return f"{value:.6g}"
 
 
+class Unshowable(Exception):
+    """A decoded record whose content cannot be shown (`str()` says why): skipped and counted."""
+
+
+def format_window_end(ms: int) -> str:
+    """UTC time of a window end; outside the years a datetime holds (1..9999), the raw
+    milliseconds, so an absurd timestamp is visible rather than fatal."""
+    try:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):
+        raw = f"ms={ms}"
+        return raw if len(raw) <= 19 else f"ms={ms:.6e}"  # 19: the width of the column
+
+
+def check_showable(record: DerivedRecord) -> None:
+    """Unshowable unless the record's text fields are text, as its contract says (decoding
+    checks the structure, not every type)."""
+    if not isinstance(record.metric, str):
+        raise Unshowable(f"metric is {type(record.metric).__name__}, not a string")
+    if not isinstance(record.cluster, str):
+        raise Unshowable(f"cluster is {type(record.cluster).__name__}, not a string")
+    if record.node is not None and not isinstance(record.node, str):
+        raise Unshowable(f"node is {type(record.node).__name__}, not a string")
+    for name, value in record.labels.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise Unshowable(f"label {excerpt(str(name), 40)!r}: a name or value that is not a string")
+
+
+def table_cells(record: DerivedRecord) -> tuple[str, ...]:
+    """The table row of a record, every text escaped (`printable`)."""
+    check_showable(record)
+    labels = ",".join(f"{k}={v}" for k, v in sorted(record.labels.items()))
+    metric = record.metric + (f"{{{labels}}}" if labels else "")
+    values = " ".join(f"{k}={format_value(v)}" for k, v in sorted(record.values.items()))
+    who = record.node if record.scope == "node" else record.cluster
+    return (format_window_end(record.window_end_ms), f"{record.window_size_s}s", record.scope,
+            printable(who or ""), printable(metric), printable(values))
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # outside the BMP: a UTF-16 surrogate pair, as JSON spells it
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def json_line(record: DerivedRecord) -> bytes:
+    """One JSON line of a record. orjson escapes C0 controls but writes DEL, C1 controls and
+    other non-printable characters raw; they are \\u-escaped here (only strings can hold them,
+    so the JSON means the same) so that a terminal never receives them."""
+    check_showable(record)
+    try:
+        text = dumps(record.to_json()).decode("utf-8")
+    except TypeError as exc:  # orjson.JSONEncodeError: e.g. an integer beyond 64 bits
+        raise Unshowable(f"not representable as JSON: {exc}") from None
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else _json_escape(c) for c in text)
+    return text.encode("utf-8") + b"\n"
+
+
 class TableWriter:
     HEADER = ("WINDOW END (UTC)", "SIZE", "SCOPE", "NODE/CLUSTER", "METRIC", "VALUES")
     WIDTHS = (19, 5, 7, 20, 52)
@@ -78,19 +140,18 @@ class TableWriter:
         self.rows = 0
 
     def row(self, cells: tuple[str, ...]) -> None:
-        fixed = "  ".join(cell[:w].ljust(w) for cell, w in zip(cells, self.WIDTHS))
+        # a cut cell ends in "…", so that a truncated name or number is not taken for a whole one
+        fixed = "  ".join((cell if len(cell) <= w else cell[: w - 1] + "…").ljust(w)
+                          for cell, w in zip(cells, self.WIDTHS))
         self.out.write(f"{fixed}  {cells[-1]}\n")
 
     def write(self, record: DerivedRecord) -> None:
+        """Raises Unshowable (nothing written) for a record it cannot show."""
+        cells = table_cells(record)
         if self.rows % 40 == 0:
             self.row(self.HEADER)
         self.rows += 1
-        end = dt.datetime.fromtimestamp(record.window_end_ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        labels = ",".join(f"{k}={v}" for k, v in sorted(record.labels.items()))
-        metric = record.metric + (f"{{{labels}}}" if labels else "")
-        values = " ".join(f"{k}={format_value(v)}" for k, v in sorted(record.values.items()))
-        who = record.node if record.scope == "node" else record.cluster
-        self.row((end, f"{record.window_size_s}s", record.scope, who or "", metric, values))
+        self.row(cells)
         self.out.flush()
 
 
@@ -125,8 +186,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def follow(consumer, args: argparse.Namespace, fmt: str) -> int:  # noqa: ANN001 (kafka-python has no types)
+    """Print records until --max-records or --idle-exit. A record that does not decode or
+    cannot be shown is skipped with one stderr line naming where it is, counted, and the counts
+    end the run: a record's content never ends the command."""
     table = TableWriter(sys.stdout) if fmt == "table" else None
-    shown = bad = 0
+    shown = bad = unshowable = 0
     last_record = time.monotonic()
     try:
         while True:
@@ -134,22 +198,29 @@ def follow(consumer, args: argparse.Namespace, fmt: str) -> int:  # noqa: ANN001
             for records in batch.values():
                 for message in records:
                     last_record = time.monotonic()
+                    where = f"{message.topic}/{message.partition}@{message.offset}"
                     try:
                         record = DerivedRecord.decode(message.value)
                     except DecodeError as exc:
                         bad += 1
-                        print(f"kpp tail: skipping undecodable record at {message.topic}/{message.partition}"
-                              f"@{message.offset}: {exc}", file=sys.stderr)
+                        print(f"kpp tail: skipping undecodable record at {where}: {excerpt(str(exc), 200)}",
+                              file=sys.stderr)
                         continue
                     if args.node and record.node != args.node:
                         continue
-                    if args.metric and args.metric not in record.metric:
+                    if args.metric and not (isinstance(record.metric, str) and args.metric in record.metric):
                         continue
-                    if table is not None:
-                        table.write(record)
-                    else:
-                        sys.stdout.buffer.write(dumps(record.to_json()) + b"\n")
-                        sys.stdout.flush()
+                    try:
+                        if table is not None:
+                            table.write(record)
+                        else:
+                            line = json_line(record)
+                            sys.stdout.buffer.write(line)
+                            sys.stdout.flush()
+                    except Unshowable as exc:
+                        unshowable += 1
+                        print(f"kpp tail: skipping record at {where} that cannot be shown: {exc}", file=sys.stderr)
+                        continue
                     shown += 1
                     if args.max_records and shown >= args.max_records:
                         return 0
@@ -162,3 +233,5 @@ def follow(consumer, args: argparse.Namespace, fmt: str) -> int:  # noqa: ANN001
     finally:
         if bad:
             print(f"kpp tail: {bad} undecodable record(s) skipped", file=sys.stderr)
+        if unshowable:
+            print(f"kpp tail: {unshowable} record(s) that cannot be shown skipped", file=sys.stderr)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import time
@@ -8,11 +9,11 @@ import uuid
 import pytest
 from kafka import KafkaProducer
 
-from contracts.codec import loads
+from contracts.codec import dumps, loads
 from contracts.derived import DerivedRecord
 from contracts.errors import ConfigError
 from contracts.kafka import KafkaConnection
-from kpp.tail import parse_since
+from kpp.tail import TableWriter, Unshowable, format_window_end, json_line, parse_since, table_cells
 
 KPP = [sys.executable, "-m", "kpp"]
 
@@ -88,3 +89,105 @@ def test_parse_since() -> None:
     for bad in ("yesterday", "2026-01-02T03:04:05"):
         with pytest.raises(ConfigError):
             parse_since(bad)
+
+
+# -- hostile and broken records ------------------------------------------------------------------
+
+TERMINAL_CONTROLS = ("\x1b", "\x9b", "\r", "\x07", "\x7f", "\x85", "\u202e")
+YEAR_287168_MS = 9_000_000_000_000_000
+
+
+def hostile_record(**changes) -> DerivedRecord:  # noqa: ANN003
+    fields = dict(kind="quantiles", scope="node", cluster="c", node="evil\x1b[2J\x1b]0;owned\x07",
+                  window_start_ms=1_767_366_000_000, window_end_ms=1_767_366_060_000,
+                  metric="sync\x9b31m\u202e", values={"p99": 0.5}, labels={"ip_family": "IPv4\r\x7f\x85"})
+    fields.update(changes)
+    return DerivedRecord(**fields)
+
+
+def test_table_cells_escape_every_control_character() -> None:
+    cells = table_cells(hostile_record())
+    assert not any(c in cell for cell in cells for c in TERMINAL_CONTROLS)
+    assert cells[3] == "evil\\x1b[2J\\x1b]0;owned\\x07"
+    assert cells[4] == "sync\\x9b31m\\u202e{ip_family=IPv4\\r\\x7f\\x85}"
+
+
+def test_an_absurd_window_end_is_shown_raw() -> None:
+    assert format_window_end(1_767_366_060_000) == "2026-01-02 15:01:00"
+    assert format_window_end(YEAR_287168_MS) == f"ms={YEAR_287168_MS}"
+    assert format_window_end(-YEAR_287168_MS) == "ms=-9.000000e+15"  # the raw number would not fit
+    assert format_window_end(10**300) == "ms=1.000000e+300"
+    assert table_cells(hostile_record(window_end_ms=YEAR_287168_MS))[0] == f"ms={YEAR_287168_MS}"
+
+
+def test_records_of_the_wrong_types_cannot_be_shown() -> None:
+    for changes, why in (({"metric": 42}, "metric is int, not a string"),
+                         ({"node": 7}, "node is int, not a string"),
+                         ({"cluster": None}, "cluster is NoneType, not a string"),
+                         ({"labels": {"ip_family": 4}}, "label 'ip_family': a name or value that is not a string")):
+        for show in (table_cells, json_line):
+            with pytest.raises(Unshowable, match=why):
+                show(hostile_record(**changes))
+    with pytest.raises(Unshowable, match="not representable as JSON"):
+        json_line(hostile_record(window_end_ms=10**300))
+
+
+def test_json_lines_escape_controls_and_stay_the_same_json() -> None:
+    record = hostile_record(node="n\x1b\x7f\x85\U000e0001")
+    line = json_line(record)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    text = line.decode()
+    assert text[:-1].isprintable()
+    assert loads(line) == loads(record.encode())
+
+
+def test_table_rows_mark_cut_cells() -> None:
+    out = io.StringIO()
+    TableWriter(out).write(hostile_record(node="n" * 30))
+    row = out.getvalue().splitlines()[1]
+    assert "n" * 19 + "…" in row and "n" * 21 not in row
+
+
+@pytest.fixture
+def hostile_topic(kafka: KafkaConnection):
+    prefix = f"tail{uuid.uuid4().hex[:8]}"
+    good = record("node-000", 1_767_366_060_000, 0.25)
+    numeric_metric = loads(good.encode())
+    numeric_metric["metric"] = 42
+    messages = [hostile_record().encode(),
+                dumps(numeric_metric),
+                hostile_record(node="far-future", window_end_ms=YEAR_287168_MS).encode(),
+                dumps({**loads(good.encode()), "window": {"start_ms": 0, "end_ms": 1e300, "size_s": 60}}),
+                good.encode()]
+    producer = KafkaProducer(**kafka.kafka_python_kwargs())
+    for value in messages:
+        producer.send(f"{prefix}.quantiles", key=b"k", value=value)  # one key: one partition, this order
+    producer.flush()
+    producer.close()
+    return prefix
+
+
+@pytest.mark.integration
+def test_table_of_hostile_records_is_escaped_and_skips_what_it_cannot_show(kafka: KafkaConnection,
+                                                                           hostile_topic) -> None:
+    result = tail(kafka, hostile_topic, "--from-beginning", "--format", "table")
+    assert result.returncode == 0, result.stderr
+    assert "internal error" not in result.stderr
+    assert not any(c in result.stdout + result.stderr for c in TERMINAL_CONTROLS)
+    body = result.stdout.splitlines()[1:]
+    assert [line.split()[0] for line in body] == ["2026-01-02", f"ms={YEAR_287168_MS}", "ms=1.000000e+300",
+                                                  "2026-01-02"]
+    assert "evil\\x1b[2J" in body[0] and "far-future" in body[1] and "node-000" in body[3]
+    assert "that cannot be shown: metric is int, not a string" in result.stderr
+    assert "1 record(s) that cannot be shown skipped" in result.stderr
+
+
+@pytest.mark.integration
+def test_json_lines_of_hostile_records_stay_valid_json(kafka: KafkaConnection, hostile_topic) -> None:
+    result = tail(kafka, hostile_topic, "--from-beginning", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert not any(c in result.stdout for c in TERMINAL_CONTROLS)
+    shown = [loads(line) for line in result.stdout.splitlines()]
+    assert [r["node"] for r in shown] == ["evil\x1b[2J\x1b]0;owned\x07", "far-future", "node-000"]
+    assert shown[1]["window"]["end_ms"] == YEAR_287168_MS
+    assert "2 record(s) that cannot be shown skipped" in result.stderr
