@@ -20,7 +20,8 @@ from contracts.selfmetrics import Counters, serve
 from sinks.loop import LoopSettings, SinkLoop
 from sinks.series import parse_extra_labels
 from sinks.sink import Backoff, BatchingSink, BatchLimits
-from sinks.writers import WRITERS, WriterSettings
+from sinks.timerange import TimestampLimits, parse_duration_ms, vm_retention_ms
+from sinks.writers import WRITERS, VictoriaMetricsWriter, Writer, WriterSettings
 
 log = logging.getLogger("kpp.sink")
 
@@ -29,6 +30,20 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise ValueError("must be a positive integer")
+    return value
+
+
+def retention_setting(text: str) -> int | str | None:
+    """`auto`, `none` (None) or a duration in milliseconds (`100y`, `31d`, `720h`)."""
+    if text.strip().lower() in ("auto", "none"):
+        return None if text.strip().lower() == "none" else "auto"
+    return positive_duration_ms(text)
+
+
+def positive_duration_ms(text: str) -> int:
+    value = parse_duration_ms(text)
+    if value <= 0:
+        raise ValueError("must be a positive duration")
     return value
 
 
@@ -62,6 +77,12 @@ OPTIONS = (
     Option("ca_file", "CA bundle for an https store", None, "KPP_SINK_CA_FILE", metavar="FILE"),
     Option("listen", "HOST:PORT of the sink's own /metrics and /healthz (empty: off)", "127.0.0.1:9812",
            "KPP_SINK_LISTEN", metavar="HOST:PORT"),
+    Option("retention", "the store's retention period: a record older goes to the DLQ (the store would "
+           "drop it without a word); auto: ask VictoriaMetrics (its /flags page), none: no limit", "auto",
+           "KPP_SINK_RETENTION", kind=retention_setting, metavar="DURATION|auto|none"),
+    Option("max_ahead", "a record more than this ahead of the sink's clock goes to the DLQ (VictoriaMetrics "
+           "drops points over 2 days ahead of its own clock; the default leaves a day for clock skew)", "1d",
+           "KPP_SINK_MAX_AHEAD", kind=positive_duration_ms, metavar="DURATION"),
 )
 
 DESCRIPTION = """\
@@ -103,6 +124,8 @@ def build(values: dict, connection: KafkaConnection, counters: Counters) -> Sink
     limits = BatchLimits(max_points=values["batch_points"], max_bytes=values["batch_bytes"],
                          max_age_s=values["batch_interval"])
     settings = LoopSettings(
+        timestamps=TimestampLimits(retention_ms=store_retention(values["retention"], writer),
+                                   max_ahead_ms=values["max_ahead"]),
         topics=tuple(names), group_id=values["group"] or f"kpp-sink-{values['to']}",
         dlq_topic=values["dlq_topic"] or topics.dlq, raw_topic=raw_topic,
         extra_labels=parse_extra_labels(values["label"]),
@@ -110,6 +133,23 @@ def build(values: dict, connection: KafkaConnection, counters: Counters) -> Sink
     )
     return SinkLoop(connection, writer, BatchingSink(writer, limits), settings, counters,
                     Backoff(cap_s=values["max_backoff"]))
+
+
+def store_retention(setting: int | str | None, writer: Writer) -> int | None:
+    """The retention to check records against: the one given, or (auto) the one VictoriaMetrics
+    states on its /flags page; None when unknown (then nothing is checked against it)."""
+    if setting != "auto":
+        return setting  # type: ignore[return-value]
+    if not isinstance(writer, VictoriaMetricsWriter):
+        return None
+    page = writer.flags_page()
+    retention = vm_retention_ms(page) if page is not None else None
+    if retention is None:
+        log.warning("cannot learn the store's retention from %s/flags: records older than it would be "
+                    "dropped by the store without a trace; set --retention", writer.base_url)
+    else:
+        log.info("store retention %.0f days: older records go to the DLQ", retention / 86_400_000)
+    return retention
 
 
 def run(args: argparse.Namespace) -> int:

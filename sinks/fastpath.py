@@ -12,8 +12,9 @@ Equivalence with the contract path is by construction:
   accepts (a known schema, `window.start_ms`/`end_ms` ints, `values` an object of numbers,
   null or the strings "NaN"/"+Inf"/"-Inf"/"Inf", `labels`/`contributors` objects if present,
   string `cluster`/`metric`, `scope` node or cluster with a node exactly for scope node,
-  string label values). Anything else raises, and the caller hands the record to the
-  contract path, which decides (same points, or the same DLQ reason and message).
+  string label values) and a window end inside the store's accepted range. Anything else
+  raises, and the caller hands the record to the contract path, which decides (same points,
+  or the same DLQ reason and message).
 - The output is what `writer.encode(derived_points(DerivedRecord.decode(value), extra))`
   gives, byte for byte (tests/sinks/test_fastpath.py checks it with hypothesis).
 """
@@ -32,6 +33,7 @@ from sinks.encode import (
     remote_write_series_head, varint,
 )
 from sinks.series import derived_series_name, merge_labels
+from sinks.timerange import TimestampLimits
 from sinks.writers import InfluxWriter, RemoteWriteWriter, VictoriaMetricsWriter, Writer
 
 # (fragment, points written, points skipped)
@@ -51,8 +53,9 @@ class DerivedFastPath:
     """`encode(value) -> (fragment, points, skipped)` for one writer protocol and one set of
     `--label`s; raises (anything) when the contract path must decide."""
 
-    def __init__(self, extra_labels: Mapping[str, str]) -> None:
+    def __init__(self, extra_labels: Mapping[str, str], limits: TimestampLimits | None = None) -> None:
         self.extra_labels = dict(extra_labels)
+        self.limits = limits
         self._groups: dict[tuple, object] = {}
 
     # -- per series group (cached) -------------------------------------------------------------
@@ -104,6 +107,9 @@ class DerivedFastPath:
         end = window["end_ms"]
         if type(start) is not int or type(end) is not int:
             raise NotFast("window types")
+        limits = self.limits
+        if limits is not None and not limits.lo <= end <= limits.hi:
+            raise NotFast("a timestamp the store would drop")  # the contract path dead-letters it
         # Equal keys mean equal str fields (a str never equals a non-str), so the type checks
         # of _group hold for every record that hits the cache.
         key = (obj["metric"], obj["cluster"], obj.get("node"), obj["scope"], (end - start) // 1000,
@@ -212,10 +218,12 @@ _FAST_PATHS: dict[type[Writer], type[DerivedFastPath]] = {
 }
 
 
-def fast_path_for(writer: Writer, extra_labels: Mapping[str, str]) -> Callable[[bytes], Encoded] | None:
+def fast_path_for(writer: Writer, extra_labels: Mapping[str, str],
+                  limits: TimestampLimits | None = None) -> Callable[[bytes], Encoded] | None:
     """The fast encoder for the writer's protocol, or None when the writer's `encode` is not the
-    protocol's own (a subclass that changed it): then every record takes the contract path."""
+    protocol's own (a subclass that changed it): then every record takes the contract path.
+    A record whose timestamp is outside `limits` is left to the contract path."""
     for base, fast in _FAST_PATHS.items():
         if isinstance(writer, base) and type(writer).encode is base.encode:
-            return fast(extra_labels).encode
+            return fast(extra_labels, limits).encode
     return None

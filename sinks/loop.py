@@ -47,6 +47,7 @@ from sinks.fastpath import fast_path_for
 from sinks.fetch import install as install_fast_decoding
 from sinks.series import Point, derived_points, raw_points
 from sinks.sink import Backoff, BatchingSink, FlushResult, Item, Rejection, write_items
+from sinks.timerange import TimestampLimits
 from sinks.writers import StoreUnavailable, Writer
 
 log = logging.getLogger("kpp.sink")
@@ -74,6 +75,8 @@ class LoopSettings:
     # A sink killed without leaving the group holds its partitions until this expires.
     session_timeout_ms: int = 10_000
     shutdown_flush_s: float = 10.0
+    # Timestamps the store keeps; a record outside goes to the DLQ (sinks/timerange.py).
+    timestamps: TimestampLimits = field(default_factory=TimestampLimits)
 
 
 def describe_metrics(counters: Counters) -> None:
@@ -85,6 +88,8 @@ def describe_metrics(counters: Counters) -> None:
         ("kpp_sink_retries_total", "counter", "Flushes retried after the store was unavailable."),
         ("kpp_sink_dlq_total", "counter", "Records sent to the dead-letter topic, by reason."),
         ("kpp_sink_points_skipped_total", "counter", "Points the protocol cannot carry (NaN/Inf in Influx)."),
+        ("kpp_sink_points_dropped_total", "counter",
+         "Points the store would drop silently (timestamp outside its range), by reason: dead-lettered."),
         ("kpp_sink_commits_total", "counter", "Offset commits, by outcome (ok, failed)."),
         ("kpp_sink_rebalances_total", "counter", "Partition revocations seen."),
         ("kpp_sink_dropped_on_revoke_total", "counter", "Buffered records dropped on revoke (re-read by the new owner)."),
@@ -124,7 +129,8 @@ class SinkLoop:
         self.last_flush_wall: float | None = None
         self.started = threading.Event()
         self._on_flush: Callable[[FlushResult], None] | None = None
-        self._fast = fast_path_for(writer, settings.extra_labels)
+        settings.timestamps.refresh(_now_ms())
+        self._fast = fast_path_for(writer, settings.extra_labels, settings.timestamps)
         # The write pipeline: at most one batch in flight on the write thread; a batch the
         # store did not take waits in _retry and is written again before anything newer.
         self._executor: ThreadPoolExecutor | None = None
@@ -176,7 +182,21 @@ class SinkLoop:
             item.dlq_reason, item.dlq_error = "malformed", f"cannot encode: {exc}"
             return item
         item.points = len(points) - item.skipped
+        violation = self.timestamp_violation(points)
+        if violation is not None:
+            # The store would answer 204 and drop them: dead-lettered, counted as dropped.
+            item.dlq_reason, item.dlq_error = violation
+            item.dropped, item.points, item.fragment = item.points, 0, b""
         return item
+
+    def timestamp_violation(self, points: list[Point]) -> tuple[str, str] | None:
+        """(reason, error) when a point's timestamp is outside what the store keeps."""
+        limits = self.settings.timestamps
+        for timestamp_ms in {p.timestamp_ms for p in points}:
+            violation = limits.violation(timestamp_ms)
+            if violation is not None:
+                return violation
+        return None
 
     def points_of(self, topic: str, value: bytes | None) -> list[Point]:
         if value is None:
@@ -302,8 +322,10 @@ class SinkLoop:
         raw_topic = self.settings.raw_topic
         counters = self.counters
         last_lag = 0.0
+        limits = self.settings.timestamps
         while not stop.is_set():
             now = time.monotonic()
+            limits.refresh(_now_ms())
             timeout_ms = 200
             if self._inflight is not None or self._commit_in_flight or self._to_commit:
                 # Notice the write's end soon (its commit waits for us), and a commit's answer
@@ -516,6 +538,8 @@ class SinkLoop:
             future.get(timeout=30)
         for rejection in rejected:
             self.counters.inc("kpp_sink_dlq_total", reason=rejection.reason)
+            if rejection.item.dropped:
+                self.counters.inc("kpp_sink_points_dropped_total", rejection.item.dropped, reason=rejection.reason)
         self.counters.inc("kpp_sink_records_total", len(rejected), outcome="dlq")
 
     def dlq_message(self, rejection: Rejection) -> bytes:
@@ -699,6 +723,10 @@ class SinkLoop:
 
     def committed_offsets(self) -> dict[tuple[str, int], int]:
         return dict(self._committed)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _tps(tps) -> str:  # noqa: ANN001

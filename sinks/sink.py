@@ -36,6 +36,7 @@ class Item:
     skipped: int = 0  # points the protocol cannot carry (NaN/±Inf in line protocol)
     dlq_reason: str | None = None  # set when the record goes to the DLQ instead
     dlq_error: str | None = None
+    dropped: int = 0  # points the store would drop (timestamp out of its range): dead-lettered
 
     @property
     def tp(self) -> TopicPartition:
@@ -45,7 +46,7 @@ class Item:
 @dataclass(slots=True)
 class Rejection:
     item: Item
-    reason: str  # "rejected" (the store said 4xx), "malformed", "unrepresentable"
+    reason: str  # "rejected" (the store said 4xx), "malformed", "unrepresentable", "timestamp_too_..."
     error: str
     status: int | None = None
     answer: str | None = None

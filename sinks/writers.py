@@ -129,6 +129,21 @@ class VictoriaMetricsWriter(Writer):
     def encode(self, points: Sequence[Point]) -> tuple[bytes, int]:
         return encode_prometheus_text(points), 0
 
+    @property
+    def base_url(self) -> str:
+        parts = urlsplit(self.url)
+        return urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+
+    def flags_page(self) -> str | None:
+        """VictoriaMetrics' /flags page (its command-line flags, `-retentionPeriod` among them),
+        or None when it does not answer with one."""
+        try:
+            response = self._client.get(self.base_url + "/flags", headers=dict(self.settings.headers))
+        except httpx.HTTPError as exc:
+            log.debug("%s/flags: %s", self.base_url, exc)
+            return None
+        return response.text if response.status_code == 200 else None
+
 
 class RemoteWriteWriter(Writer):
     """Prometheus remote write 1.0: protobuf WriteRequest, snappy block compression."""

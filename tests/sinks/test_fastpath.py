@@ -163,8 +163,9 @@ def test_the_inlined_number_spelling_is_format_floats() -> None:
              1e-7, 1e300, -1e300, 2.0 ** 53, math.nan, math.inf, -math.inf]
     loop = NO_EXTRA["victoriametrics"]
     for i, v in enumerate(edges):
-        record = DerivedRecord(kind="gauges", scope="cluster", cluster="c", node=None, window_start_ms=0,
-                               window_end_ms=60_000, metric="m", values={"v": v})
+        record = DerivedRecord(kind="gauges", scope="cluster", cluster="c", node=None,
+                               window_start_ms=1_700_000_040_000, window_end_ms=1_700_000_100_000, metric="m",
+                               values={"v": v})
         fragment, points, _ = loop._fast(record.encode())
         assert points == 1 and fragment.decode().split(" ")[1] == format_float(v), v
         fast, contract = both_paths(loop, record.encode())
