@@ -293,6 +293,7 @@ class Publisher:
         acked: SpoolEntry | None = None
         error: str | None = None
         replaced = False  # a record the broker refused gets a stand-in: the batch goes again
+        refused = False  # the broker refused a record as too large (not our own size check)
         failed_keys: set[bytes] = set()
         for entry, future in zip(entries, futures):
             if future is _ALREADY:
@@ -310,7 +311,13 @@ class Publisher:
                     self._count_sent(entry)
                 if (error is not None or replaced) and entry.key not in failed_keys:
                     self._delivered.add((entry.segment, entry.offset))
+            elif isinstance(outcome, MessageSizeTooLargeError) and refused and future is not outcome:
+                # After one refusal kafka-python's idempotent producer fails every later record
+                # with the same error: these are sent again, by a new producer.
+                error = error or f"delivery failed: {_describe(outcome)}"
+                failed_keys.add(entry.key)
             elif isinstance(outcome, MessageSizeTooLargeError):
+                refused = refused or future is not outcome
                 position = (entry.segment, entry.offset)
                 # Refused by the broker (the topic's max.message.bytes, after compression): send
                 # its stand-in in its place, and what followed it of the same key after that.
@@ -332,9 +339,11 @@ class Publisher:
             self.spool.ack(acked)
             self._delivered = {p for p in self._delivered if p > (acked.segment, acked.offset)}
             self._replacements = {p: v for p, v in self._replacements.items() if p > (acked.segment, acked.offset)}
+        if refused:
+            self._close_producer(0)  # see above: a new producer for what follows
         if acked is not entries[-1]:
-            if error is None and send_error is None:
-                return True  # only stand-ins to send: Kafka is fine, the next round sends them at once
+            if refused or (error is None and send_error is None):
+                return True  # Kafka is fine: the next round sends the stand-ins and the rest at once
             self._failed(error or send_error or "send failed")
             return False
         return True
