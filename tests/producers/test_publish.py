@@ -185,6 +185,51 @@ def test_failure_resends_from_the_first_failed_record_in_order(tmp_path: Path,
     assert stats.last_error and "delivery timeout" in stats.last_error
 
 
+class RefusingBroker:
+    """Refuses values in `too_large` as a broker does (in the future), after which — like
+    kafka-python's idempotent producer — every later record of that producer fails the same way."""
+
+    def __init__(self, too_large: set[bytes]) -> None:
+        self.too_large = too_large
+        self.sent: list[bytes] = []
+        self.producers = 0
+
+    def create(self) -> "RefusingBroker":
+        self.producers += 1
+        self.poisoned = False
+        return self
+
+    def send(self, topic: str, key: bytes, value: bytes, timestamp_ms: int | None = None) -> ScriptedFuture:
+        from kafka.errors import MessageSizeTooLargeError
+
+        if self.poisoned or value in self.too_large:
+            self.poisoned = True
+            return ScriptedFuture(MessageSizeTooLargeError())
+        self.sent.append(value)
+        return ScriptedFuture(None)
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+def test_a_record_the_broker_refuses_is_replaced_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broker = RefusingBroker(too_large={b"2"})
+    monkeypatch.setattr(Publisher, "_create_producer", lambda self: broker.create())
+    spool = Spool(tmp_path / "spool")
+    for i in range(5):
+        spool.append(b"k", b"%d" % i)
+    publisher = Publisher(KafkaConnection(), "t", spool, batch_records=10,
+                          replace_too_large=lambda value, why: b"stand-in for " + value)
+    publisher.start()
+    assert wait_until(lambda: spool.depth == 0, 10)
+    stats = publisher.stats
+    publisher.stop()
+    spool.close()
+    # 3 and 4 failed only because the producer was poisoned: sent again, after the stand-in
+    assert broker.sent == [b"0", b"1", b"stand-in for 2", b"3", b"4"]
+    assert broker.producers == 2 and stats.rejected_records == 0 and stats.send_errors == 0
+
+
 # -- a real broker restart ------------------------------------------------------------------
 
 
