@@ -158,7 +158,6 @@ class Scraper:
             secrets.append(headers[name])
         if self._client is None:
             self._client = self._make_client()
-        decoder: BodyDecoder | None = None
         try:
             async with asyncio.timeout(self.settings.timeout_s):
                 async with self._client.stream("GET", self.settings.url, headers=headers) as response:
@@ -182,6 +181,10 @@ class Scraper:
             reason = "tls" if "SSL" in str(exc) or "CERTIFICATE" in str(exc) else "refused"
             return outcome(reason, f"cannot connect: {exc}")
         except httpx.HTTPError as exc:
+            return outcome("transport", f"{type(exc).__name__}: {exc}")
+        except ssl.SSLError as exc:  # the async TLS stream lets a TLS 1.3 alert after the handshake through
+            return outcome("tls", f"TLS error: {exc}")
+        except OSError as exc:
             return outcome("transport", f"{type(exc).__name__}: {exc}")
         try:
             text = body.decode("utf-8")
