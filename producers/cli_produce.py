@@ -123,9 +123,6 @@ def run(args: argparse.Namespace) -> int:
                        header_files=headers.files, unix_socket=values["unix_socket"])
         for url in values["target"]
     ]
-    if values["timeout"] > values["interval"]:
-        log.warning("--timeout %g s is longer than --interval %g s: a slow target skips ticks",
-                    values["timeout"], values["interval"])
     rules = SelectionRules(
         allow_families=tuple(values["allow_family"]), deny_families=tuple(values["deny_family"]),
         types=frozenset(values["type"]), drop_labels=frozenset(values["drop_label"]),
