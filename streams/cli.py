@@ -77,6 +77,10 @@ OPTIONS = (
            "KPP_STREAM_WEB_PORT", kind=_port, metavar="PORT"),
     Option("data_dir", "worker data directory (default $KPP_STATE_DIR/streams)", None,
            "KPP_STREAM_DATA_DIR", metavar="DIR"),
+    Option("trace_scrapes", "log one line per scrape event (logger kpp.stream.trace): partition, "
+           "offset, batch and what became of it (applied, duplicate, replayed, late); for "
+           "finding where a scrape went, not for production volume", False, "KPP_STREAM_TRACE_SCRAPES",
+           flag_only=True),
 )
 
 DESCRIPTION = """\
@@ -119,6 +123,8 @@ def settings_from(args: argparse.Namespace) -> StreamSettings:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     connection = KafkaConnection.from_sources(args)
+    if resolve_command(OPTIONS, args)["trace_scrapes"]:
+        logging.getLogger("kpp.stream.trace").setLevel(logging.DEBUG)
 
     import faust  # loaded only for this command
 

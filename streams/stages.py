@@ -41,6 +41,9 @@ from streams.config import StreamSettings
 from streams.decode import fast_decode
 
 log = logging.getLogger("kpp.stream")
+#: One DEBUG line per scrape event (`kpp stream --trace-scrapes`): which partition, offset and
+#: batch took it and what became of it, so a scrape missing from a window points at its cause.
+trace_log = logging.getLogger("kpp.stream.trace")
 
 # send(topic, key, value, timestamp_ms, partition) -> awaitable resolving on delivery
 Send = Callable[[str, bytes | None, bytes, int | None, int | None], Awaitable[Awaitable[Any]]]
@@ -206,6 +209,7 @@ class NodeStage:
         self.out = Outbox(send)
         self.last_event: dict[int, float] = {}  # wall clock of the last event per partition
         self._ticked: dict[int, float | None] = {}
+        self.batch = 0  # batches flushed by this instance (named in the scrape trace)
         self.stats = {"scrapes": 0, "late": 0, "dlq": 0, "duplicates": 0, "replayed": 0}
 
     # -- events ----------------------------------------------------------------------
@@ -227,6 +231,10 @@ class NodeStage:
             self.cache.clear()  # nothing of an unacknowledged batch is persisted
             raise
         await write_table(self.table, self.cache.writes())
+        self.batch += 1
+
+    def _trace(self, what: str, part: int, offset: int, node: str, ts: int) -> None:
+        trace_log.debug("scrape %s@%d %s partition %d offset %d batch %d", node, ts, what, part, offset, self.batch)
 
     async def sample(self, part: int, offset: int, key: bytes | None, value: bytes) -> None:
         """One scrape of a batch (persisted by the next `flush`)."""
@@ -247,6 +255,7 @@ class NodeStage:
         nstate = cache.get(nkey)
         replay = nstate is not None and offset <= nstate["off"]
         ts = record.scrape_ts_ms
+        tracing = trace_log.isEnabledFor(logging.DEBUG)
         if pstate["idle"]:
             pstate["idle"] = False
             await self._marker(out, part, pstate, idle=False)
@@ -262,6 +271,8 @@ class NodeStage:
                     nstate["off"] = offset
                     cache.put(part, nkey, nstate)
                 cache.put(part, pkey, pstate)
+                if tracing:
+                    self._trace("late", part, offset, record.node, ts)
                 return
         partition.observe(pstate, ts, record.node, self.settings)
         due = partition.due_windows(pstate, self.settings)
@@ -274,14 +285,19 @@ class NodeStage:
             if nstate["ts"] is not None and ts <= nstate["ts"]:
                 self.stats["duplicates"] += 1
                 node_state.count_duplicate(nstate, ts, self.settings)
+                what = f"duplicate (node state at {nstate['ts']})"
             else:
                 self.stats["scrapes"] += 1
                 nstate["cluster"] = record.cluster
                 node_state.apply_scrape(nstate, record, self.settings)
+                what = "applied"
             nstate["off"] = offset
             cache.put(part, nkey, nstate)
         else:
             self.stats["replayed"] += 1
+            what = f"replayed (node state at offset {nstate['off']})"
+        if tracing:
+            self._trace(what, part, offset, record.node, ts)
         cache.put(part, pkey, pstate)  # written only if its encoding changed
 
     def idle_partitions(self, assigned: set[int]) -> list[int]:
@@ -347,6 +363,9 @@ class NodeStage:
                     pstate["nodes"].remove(node)
                     gone.add(node)
             partition.mark_closed(pstate, size, start)
+            if trace_log.isEnabledFor(logging.DEBUG):
+                trace_log.debug("window %d+%d s closed on partition %d (%s) batch %d", start, size // 1000, part,
+                                "idle" if idle else "watermark", self.batch)
         await out.records(records, self.topics)
         for p in partials:
             p["type"] = "partial"

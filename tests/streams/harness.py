@@ -52,15 +52,15 @@ class Worker:
     """One `kpp stream` process."""
 
     def __init__(self, kafka: KafkaConnection, prefix: str, partitions: int, tmp: Path, *extra: str,
-                 name: str = "w") -> None:
+                 name: str = "w", entry: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.log_path = tmp / f"{prefix}-{name}-{uuid.uuid4().hex[:6]}.log"
         self.data_dir = tmp / f"data-{name}-{uuid.uuid4().hex[:6]}"
-        args = [sys.executable, "-m", "kpp", "--log-level", "INFO", "stream",
+        args = [*(entry or [sys.executable, "-m", "kpp"]), "--log-level", "INFO", "stream",
                 "--kafka-bootstrap", kafka.bootstrap, "--topic-prefix", prefix,
                 "--partitions", str(partitions), "--web-port", str(free_port()),
                 "--data-dir", str(self.data_dir), *extra]
         self.log = open(self.log_path, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(args, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
 

@@ -52,7 +52,13 @@ def assert_same_output(got, expected) -> None:
     assert not conflicting, f"{len(conflicting)} records emitted with different content"
     missing = set(expected) - set(got)
     extra = set(got) - set(expected)
-    assert not missing and not extra, f"{len(missing)} missing, {len(extra)} unexpected records"
+    if missing or extra:
+        got_by_id = {identity(kind, value): value for kind, _key, value in extra}
+        examples = []
+        for kind, _key, value in sorted(missing)[:5]:
+            other = got_by_id.get(identity(kind, value))
+            examples.append(f"  expected {value.decode()}\n  got      {other.decode() if other else None}")
+        raise AssertionError(f"{len(missing)} missing, {len(extra)} unexpected records; e.g.\n" + "\n".join(examples))
 
 
 def settings_for(prefix: str, partitions: int, **kw) -> StreamSettings:
