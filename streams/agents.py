@@ -23,6 +23,7 @@ import traceback
 
 import faust
 
+from contracts.kafka import KafkaConnection
 from streams.app import TABLES
 from streams.config import StreamSettings
 from streams.stages import ClusterStage, NodeStage, dead_letter
@@ -63,7 +64,58 @@ class ChangelogTable:
         return await producer.send(table.changelog_topic.get_topic_name(), raw, key=key_bytes, partition=part)
 
 
-def wire(app: faust.App, settings: StreamSettings) -> dict:
+class SkippedRecords:
+    """Reads, straight from Kafka, input records the consumer did not deliver.
+
+    Each stage's state records the offset after the last input event it holds, per source
+    partition (`next_offset`). The topics it reads are written without transactions and never
+    compacted, so their offsets are contiguous: an event whose offset is past that one means
+    records in between were not delivered. Faust can do that: it skips (and acknowledges)
+    events that arrive while its flow control is paused or after a generation change, drops
+    fetched records of partitions it deactivated, and fills offset gaps when it commits
+    (https://github.com/faust-streaming/faust/issues/606). The stage then reads the gap here,
+    in order, before the event; it never relies on the consumer having delivered everything."""
+
+    def __init__(self, connection: KafkaConnection, timeout_s: float = 60.0) -> None:
+        self.connection = connection
+        self.timeout_s = timeout_s
+        self.read_total = 0
+        self.lost_total = 0
+
+    async def read(self, topic: str, part: int, start: int, end: int) -> list[tuple[int, bytes | None, bytes]]:
+        """(offset, key, value) of the records of `topic`[`part`] in [start, end)."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        tp = TopicPartition(topic, part)
+        consumer = AIOKafkaConsumer(**self.connection.aiokafka_kwargs(), group_id=None, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", client_id="kpp-stream-gap-reader")
+        await consumer.start()
+        out: list[tuple[int, bytes | None, bytes]] = []
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            deadline = time.monotonic() + self.timeout_s
+            while await consumer.position(tp) < end:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"could not read {topic}[{part}] offsets {start}..{end - 1} "
+                                       f"within {self.timeout_s:g} s")
+                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=5000)
+                out.extend((r.offset, r.key, r.value) for r in batch.get(tp, ()) if r.offset < end)
+        finally:
+            await consumer.stop()
+        first = out[0][0] if out else end
+        if first > start:
+            # deleted by retention before anyone processed them: gone for good, say so loudly
+            self.lost_total += first - start
+            log.error("%s[%d]: offsets %d..%d were deleted (retention) before this stage processed them: "
+                      "%d record(s) lost", topic, part, start, first - 1, first - start)
+        self.read_total += len(out)
+        log.warning("%s[%d]: the consumer delivered offset %d after %d: read the %d record(s) in between "
+                    "directly from Kafka", topic, part, end, start - 1, len(out))
+        return out
+
+
+def wire(app: faust.App, settings: StreamSettings, connection: KafkaConnection) -> dict:
     topics = settings.topics
     n = settings.partitions
 
@@ -97,6 +149,22 @@ def wire(app: faust.App, settings: StreamSettings) -> dict:
 
     node_stage = NodeStage(settings, ChangelogTable(node_table, started_producer), send)
     cluster_stage = ClusterStage(settings, ChangelogTable(cluster_table, started_producer), send)
+    skipped = SkippedRecords(connection)
+
+    async def read_skipped(stage_name: str, stage, msg) -> list[tuple[int, bytes | None, bytes]]:
+        """The records of msg's partition between the stage's state and msg (usually none)."""
+        expected = stage.next_offset(msg.partition)
+        if expected is None or msg.offset <= expected:
+            return []
+        try:
+            return await skipped.read(msg.topic, msg.partition, expected, msg.offset)
+        except Exception:  # noqa: BLE001
+            # Not acknowledging the batch is the only safe answer; the restarted worker
+            # finds the same gap (its state did not move) and reads it again.
+            log.critical("%s stage: could not read the records the consumer skipped on %s[%d]; exiting so "
+                         "that a restart reads them", stage_name, msg.topic, msg.partition, exc_info=True)
+            logging.shutdown()
+            os._exit(75)
 
     async def to_dlq(stage_name: str, stage, event: faust.EventT, exc: BaseException) -> None:
         msg = event.message
@@ -133,6 +201,8 @@ def wire(app: faust.App, settings: StreamSettings) -> dict:
                     if msg.topic == settings.ticks_topic:
                         await node_stage.tick(msg.partition)
                     else:
+                        for offset, key, value in await read_skipped("node", node_stage, msg):
+                            await node_stage.sample(msg.partition, offset, key, value)
                         await node_stage.sample(msg.partition, msg.offset, msg.key, msg.value)
                 except Exception as exc:  # noqa: BLE001
                     await to_dlq("node", node_stage, event, exc)
@@ -145,6 +215,8 @@ def wire(app: faust.App, settings: StreamSettings) -> dict:
             for event in events:
                 msg = event.message
                 try:
+                    for offset, key, value in await read_skipped("cluster", cluster_stage, msg):
+                        await cluster_stage.message(msg.partition, offset, key, value)
                     await cluster_stage.message(msg.partition, msg.offset, msg.key, msg.value)
                 except Exception as exc:  # noqa: BLE001
                     await to_dlq("cluster", cluster_stage, event, exc)

@@ -96,5 +96,5 @@ def create_app(settings: StreamSettings, connection: KafkaConnection) -> faust.A
     )
     from streams.agents import wire  # agents need the app
 
-    wire(app, settings)
+    wire(app, settings, connection)
     return app

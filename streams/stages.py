@@ -233,6 +233,18 @@ class NodeStage:
         await write_table(self.table, self.cache.writes())
         self.batch += 1
 
+    def next_offset(self, part: int) -> int | None:
+        """The offset after the last input event of `part` that the stage's state holds (None
+        before any): the batch driver reads records the consumer skipped from there."""
+        pstate = self.cache.get(f"partition:{part}")
+        return None if pstate is None else pstate.get("in")
+
+    def _consumed(self, pstate: dict, offset: int) -> None:
+        # `in` is written with the partition state, after the node states of its batch: once
+        # on the changelog, every event before it is in the state (or in its outputs).
+        if offset >= pstate.get("in", 0):
+            pstate["in"] = offset + 1
+
     def _trace(self, what: str, part: int, offset: int, node: str, ts: int) -> None:
         trace_log.debug("scrape %s@%d %s partition %d offset %d batch %d", node, ts, what, part, offset, self.batch)
 
@@ -246,12 +258,19 @@ class NodeStage:
             self.stats["dlq"] += 1
             await out.put(self.topics.dlq, key, dead_letter(str(exc), self.topics.samples, part, offset, key, value),
                           None)
+            pkey = f"partition:{part}"
+            pstate = cache.get(pkey)
+            if pstate is None:
+                pstate = partition.new_partition_state()
+            self._consumed(pstate, offset)
+            cache.put(part, pkey, pstate)
             return
         pkey = f"partition:{part}"
         nkey = f"node:{record.node}"
         pstate = cache.get(pkey)
         if pstate is None:
             pstate = partition.new_partition_state()
+        self._consumed(pstate, offset)
         nstate = cache.get(nkey)
         replay = nstate is not None and offset <= nstate["off"]
         ts = record.scrape_ts_ms
@@ -422,19 +441,14 @@ class ClusterStage:
             raise
         await write_table(self.table, self.cache.writes())
 
+    def next_offset(self, q: int) -> int | None:
+        """The offset after the last partials message of `q` the state holds (None before any)."""
+        index = self.cache.get(f"index:{q}")
+        return None if index is None or "off" not in index else index["off"] + 1
+
     async def message(self, q: int, offset: int, key: bytes | None, value: bytes) -> None:
         """One message of a batch (persisted by the next `flush`)."""
         out, cache = self.out, self.cache
-        try:
-            msg = orjson.loads(value)
-            kind = msg["type"]
-            src = int(msg["src"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            self.stats["dlq"] += 1
-            await out.put(self.topics.dlq, key, dead_letter(f"bad cluster partial: {exc!r}",
-                          self.settings.cluster_partials_topic, q, offset, key, value), None)
-            return
-        self.heard[src] = self.clock()
         ikey = f"index:{q}"
         index = cache.get(ikey)
         if index is None:
@@ -443,6 +457,17 @@ class ClusterStage:
             self.stats["replayed"] += 1  # applied before a restart: its effects are in the state
             return
         index["off"] = offset
+        try:
+            msg = orjson.loads(value)
+            kind = msg["type"]
+            src = int(msg["src"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            self.stats["dlq"] += 1
+            await out.put(self.topics.dlq, key, dead_letter(f"bad cluster partial: {exc!r}",
+                          self.settings.cluster_partials_topic, q, offset, key, value), None)
+            cache.put(q, ikey, index)
+            return
+        self.heard[src] = self.clock()
         if kind == "progress":
             cluster.apply_progress(index, src, msg["through"], msg["idle"])
         else:
