@@ -534,6 +534,11 @@ class Cluster:
         with self._locks[self.resolve(node)[0]]:
             return self.model(node).fault
 
+    def fault_at(self, node: str, at: float) -> str:
+        """The fault mode `node` serves a request answered as of `at` (the server's view; a
+        subclass with scheduled faults applies those due by `at` first)."""
+        return self.fault(node)
+
     def set_fault(self, node: str, mode: str, at: float) -> None:
         with self._locks[self.resolve(node)[0]]:
             self.model(node).set_fault(mode, at)

@@ -41,10 +41,14 @@ class SimulatorServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], cluster: Cluster, *,
-                 slow_seconds: float = 5.0, clock: Callable[[], float] = time.time) -> None:
+                 slow_seconds: float = 5.0, clock: Callable[[], float] = time.time,
+                 on_served: Callable[[str, float, float], None] | None = None) -> None:
         self.cluster = cluster
         self.slow_seconds = slow_seconds
         self.clock = clock
+        # on_served(node, at, arrived): what a /metrics request was answered as of (`at`, on
+        # `clock`) and when it arrived (wall clock): lets a test compare with what was served
+        self.on_served = on_served
         super().__init__(address, SimulatorHandler)
 
     @property
@@ -127,23 +131,28 @@ class SimulatorHandler(BaseHTTPRequestHandler):
                 "restarts": list(model.restarts)}
 
     def _metrics(self, node: str) -> None:
-        mode = self.server.cluster.fault(node)
+        # one reading of the clock per request: the fault and the body are of the same instant
+        arrived = time.time()
+        at = self.server.clock()
+        if self.server.on_served is not None:
+            self.server.on_served(node, at, arrived)
+        mode = self.server.cluster.fault_at(node, at)
         if mode == "gone":
             return self._drop()
         if mode == "slow":
             time.sleep(self.server.slow_seconds)
         if mode == "http500":
             return self._text(500, "simulated fault: http500\n")
-        body = self.server.cluster.render(node, at=self.server.clock())
+        body = self.server.cluster.render(node, at=at)
         return self._send(200, body.encode(), CONTENT_TYPE)
 
 
 def make_server(cluster: Cluster, host: str = "127.0.0.1", port: int = 18080, *,
-                slow_seconds: float = 5.0,
-                clock: Callable[[], float] = time.time) -> SimulatorServer:
+                slow_seconds: float = 5.0, clock: Callable[[], float] = time.time,
+                on_served: Callable[[str, float, float], None] | None = None) -> SimulatorServer:
     """Bind the server (port 0 = any free port). A taken port is a KppError, not a traceback."""
     try:
-        return SimulatorServer((host, port), cluster, slow_seconds=slow_seconds, clock=clock)
+        return SimulatorServer((host, port), cluster, slow_seconds=slow_seconds, clock=clock, on_served=on_served)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise KppError(f"cannot listen on {host}:{port}: port already in use "

@@ -4,12 +4,14 @@
   of by HTTP calls, so the faulty run and the golden run see the same fault history. A
   scheduled switch is applied lazily, before the first look at the node at or after its
   time, which is what `Cluster.set_fault(node, mode, at=t)` called at t would have done.
-* `tick_clock`: the simulator's clock cut down to the scrape interval. Producers scrape at
-  aligned ticks, so the server answers "as of the tick" even when the request arrives late
-  (up to the producer's timeout, which is below the interval, on a loaded machine): the same
-  tick gives the same bytes in both runs.
-* `golden_record`: what a producer publishes for (node, tick), computed WITHOUT Kafka or
-  HTTP: the simulator rendered at the tick, through the producer's own `build_record`.
+* `tick_clock`: the simulator's clock cut down to the scrape interval: a request is answered
+  as of the tick it arrives in.
+* `ServedLog`: what each request was answered as of. Producers stamp a scrape with the real
+  start of its request, and on a loaded machine a request can arrive in the next tick; the
+  golden run renders each published scrape as of the tick it was really served at, so it
+  never depends on timing (a golden run that guessed the tick was off by a byte once).
+* `golden_record`: what a producer publishes for (node, stamp), computed WITHOUT Kafka or
+  HTTP: the simulator rendered as of the served tick, through the producer's own `build_record`.
 * `Procs`: the child processes (producers, stream workers, sink), each with a log file.
 """
 
@@ -43,22 +45,43 @@ from tests.conftest import REPO
 KPP = [sys.executable, "-m", "kpp"]
 
 
-def tick_clock(interval_s: float, early_s: float = 0.1):
-    """The tick a request belongs to: producers never ask before their tick (a timer may fire
-    a little early: `early_s`), and give up after their timeout (< the interval)."""
+def tick_clock(interval_s: float):
+    """The tick a request arrives in (producers never ask before their tick)."""
     def clock() -> float:
-        return math.floor((time.time() + early_s) / interval_s) * interval_s
+        return math.floor(time.time() / interval_s) * interval_s
     return clock
+
+
+class ServedLog:
+    """`on_served` hook of the simulator's server: per node, (arrival, answered as of)."""
+
+    def __init__(self) -> None:
+        self.served: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        self._lock = threading.Lock()
+
+    def record(self, node: str, at: float, arrived: float) -> None:
+        with self._lock:
+            self.served[node].append((arrived, at))
+
+    def answered_as_of(self, node: str, stamp_ms: int, next_stamp_ms: int | None) -> float | None:
+        """What the request of the scrape stamped `stamp_ms` (its start) was answered as of:
+        the first request of `node` that arrived from its start on and before the next
+        scrape's start. None when no request of it reached the server."""
+        low, high = stamp_ms / 1000 - 0.005, math.inf if next_stamp_ms is None else next_stamp_ms / 1000 - 0.005
+        with self._lock:
+            for arrived, at in self.served.get(node, ()):
+                if low <= arrived < high:
+                    return at
+        return None
 
 
 class ScheduledCluster(Cluster):
     """A `Cluster` whose node faults follow `schedule` ({node: [(epoch_s, mode), ...]})."""
 
-    def __init__(self, *args, schedule: dict[str, list[tuple[float, str]]], clock=time.time, **kwargs) -> None:
+    def __init__(self, *args, schedule: dict[str, list[tuple[float, str]]], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.schedule = {node: sorted(events) for node, events in schedule.items()}
         self.applied = {node: 0 for node in self.schedule}
-        self.clock = clock
         self._schedule_lock = threading.Lock()
 
     def apply_until(self, node: str, t: float) -> None:
@@ -71,9 +94,9 @@ class ScheduledCluster(Cluster):
             if events:
                 self.applied[node] = i
 
-    # the server asks for the mode (serving-level faults) without a time: "now" on its clock
-    def fault(self, node: str) -> str:
-        self.apply_until(node, self.clock())
+    # the server asks for the mode (serving-level faults) as of the request's instant
+    def fault_at(self, node: str, at: float) -> str:
+        self.apply_until(node, at)
         return super().fault(node)
 
     def render(self, node: str, at: float) -> str:
@@ -86,10 +109,11 @@ class ScheduledCluster(Cluster):
 
 
 def golden_record(sim: ScheduledCluster, node: str, ts_ms: int, *, cluster: str, target: str,
-                  interval_s: float, selector: Selector) -> ScrapeRecord:
-    """The record `kpp produce` publishes for `node` at tick `ts_ms` (duration 0; a dropped
-    connection's error text is the transport's, so it is only "some error" here)."""
-    t = ts_ms / 1000
+                  interval_s: float, selector: Selector, at: float | None = None) -> ScrapeRecord:
+    """The record `kpp produce` publishes for `node` stamped `ts_ms`, answered as of `at`
+    (default: the stamp) (duration 0; a dropped connection's error text is the transport's,
+    so it is only "some error" here)."""
+    t = ts_ms / 1000 if at is None else at
     mode = sim.mode_at(node, t)
     if mode == "gone":
         outcome = ScrapeOutcome(None, 0.0, 0, "transport", "connection closed without a response")
@@ -269,3 +293,40 @@ def compare_points(got: dict[tuple, list[tuple[int, float]]], want: dict[tuple, 
             if a != b and not abs(a - b) <= rel * max(abs(a), abs(b)):
                 problems.append(f"{key}@{ts}: {a!r} != golden {b!r}")
     return problems
+
+
+def missing_scrapes_report(got: dict[tuple, list[tuple[int, float]]], want: dict[tuple, dict[int, float]],
+                           golden_in: list[ScrapeRecord], worker_logs: list[Path]) -> list[str]:
+    """For every node window whose scrape count differs from the golden run: the golden
+    scrapes of that window and what the workers' scrape traces (`--trace-scrapes`) say of
+    each, so that a missing scrape points at its cause (never processed, processed by a
+    worker whose state was lost, ...)."""
+    traces: dict[str, list[str]] = defaultdict(list)
+    for path in worker_logs:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            match = re.search(r"kpp\.stream\.trace: scrape (\S+@\d+) (.*)$", line)
+            if match:
+                traces[match[1]].append(f"{path.stem}: {match[2]}")
+    by_node: dict[str, list[int]] = defaultdict(list)
+    for record in golden_in:
+        by_node[record.node].append(record.scrape_ts_ms)
+    lines = []
+    for key in sorted(set(got) | set(want), key=str):
+        name, labels = key[0], dict(key[1])
+        if not name.endswith(":scrapes") or labels.get("scope") != "node" or "window" not in labels:
+            continue
+        size_ms = int(labels["window"].rstrip("s")) * 1000
+        have = dict(got.get(key, []))
+        for end, count in sorted(want.get(key, {}).items()):
+            if have.get(end) == count:
+                continue
+            node = labels["node"]
+            lines.append(f"{node} window {labels['window']} ending {end}: store {have.get(end)}, golden {count}")
+            for stamp in sorted(t for t in by_node[node] if end - size_ms <= t < end):
+                seen = traces.get(f"{node}@{stamp}") or ["in no worker's scrape trace"]
+                lines.append(f"    {node}@{stamp}: " + " | ".join(seen))
+    return lines

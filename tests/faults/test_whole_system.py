@@ -28,6 +28,7 @@ machine is overloaded is taken as an input of the run (up=0 in both runs, report
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -51,8 +52,8 @@ from simulator.server import make_server
 from streams.config import StreamSettings
 from tests.conftest import free_port
 from tests.faults.pipeline import (
-    KPP, Procs, ScheduledCluster, compare_points, golden_points, golden_record, group_lag, read_all,
-    same_scrape, scrape_metric, skipped_ticks, tick_clock,
+    KPP, Procs, ScheduledCluster, ServedLog, compare_points, golden_points, golden_record, group_lag,
+    missing_scrapes_report, read_all, same_scrape, scrape_metric, skipped_ticks, tick_clock,
 )
 from tests.sinks import servers
 from tests.sinks.helpers import vm_points
@@ -72,7 +73,13 @@ LATENESS = 90.0
 RUN_S = 230  # scraping after `base`; node faults end by +130, windows are compared up to ~+140
 STREAM_FLAGS = ["--window", "10", "--window", "30", "--allowed-lateness", str(LATENESS),
                 "--slo-window", "30", "--stall-threshold", "20",
-                "--idle-timeout", "3600", "--cluster-timeout", "3600"]
+                "--idle-timeout", "3600", "--cluster-timeout", "3600",
+                "--trace-scrapes"]  # a scrape missing from a window is then found in the workers' logs
+
+
+def clock_tick(stamp_ms: int) -> float:
+    """The tick (epoch seconds) a scrape stamped `stamp_ms` started in."""
+    return math.floor(stamp_ms / 1000 / INTERVAL) * INTERVAL
 
 
 def schedule(base: float) -> dict[str, list[tuple[float, str]]]:
@@ -130,8 +137,9 @@ def test_faults_during_one_run_leave_the_store_equal_to_the_golden_run(private_k
     plan = schedule(base)
     sim_start = base - 120
     clock = tick_clock(INTERVAL)
-    live_sim = ScheduledCluster(NODES, seed=SEED, start=sim_start, schedule=plan, clock=clock)
-    server = make_server(live_sim, port=0, clock=clock)
+    live_sim = ScheduledCluster(NODES, seed=SEED, start=sim_start, schedule=plan)
+    served = ServedLog()
+    server = make_server(live_sim, port=0, clock=clock, on_served=served.record)
     quiet_disconnects(server)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     vm = servers.private_victoriametrics(tmp_path / "vm")
@@ -256,8 +264,8 @@ def test_faults_during_one_run_leave_the_store_equal_to_the_golden_run(private_k
         assert set(ticks) == set(nodes)
         step = int(INTERVAL * 1000)
         for node, stamps in ticks.items():
-            stamps.sort()
-            gaps = (stamps[-1] - stamps[0]) // step + 1 - len(stamps)
+            stamps.sort()  # each the real start of its request, at or after its tick
+            gaps = (stamps[-1] // step - stamps[0] // step) + 1 - len(stamps)
             assert gaps == skipped_ticks(procs.log(f"produce-{node}")), (node, gaps)
             assert stamps[0] <= (base - 5) * 1000 and stamps[-1] >= (base + RUN_S - 4) * 1000, node
 
@@ -266,12 +274,19 @@ def test_faults_during_one_run_leave_the_store_equal_to_the_golden_run(private_k
         target = f"http://127.0.0.1:{server.port}/nodes/{{}}/metrics"
         golden_in: list[ScrapeRecord] = []
         modes: dict[tuple[str, int], str] = {}
+        unserved = []
         for node in nodes:
-            for ts in ticks[node]:
-                modes[node, ts] = golden_sim.mode_at(node, ts / 1000)
+            stamps = ticks[node]
+            for i, ts in enumerate(stamps):
+                # as of the tick the server really answered in (a late request: the next one)
+                at = served.answered_as_of(node, ts, stamps[i + 1] if i + 1 < len(stamps) else None)
+                if at is None:  # never reached the server (timed out before): the tick of its start
+                    unserved.append((node, ts))
+                    at = clock_tick(ts)
+                modes[node, ts] = golden_sim.mode_at(node, at)
                 golden_in.append(golden_record(golden_sim, node, ts, cluster=cluster_name,
                                                target=target.format(node), interval_s=INTERVAL,
-                                               selector=selector))
+                                               selector=selector, at=at))
         by_scrape = {(r.node, r.scrape_ts_ms): r for r in scrapes}
         # A scrape that timed out because this machine was overloaded (the broker starting,
         # other jobs) is a real input of this run, published with up=0 like any failed scrape:
@@ -284,6 +299,8 @@ def test_faults_during_one_run_leave_the_store_equal_to_the_golden_run(private_k
                 golden_in[i], _ = build_record(NodeSettings(node=g.node, cluster=cluster_name, interval_s=INTERVAL),
                                                g.target, g.scrape_ts_ms, outcome, selector)
                 timeouts.append((g.node, g.scrape_ts_ms))
+        if unserved:
+            timeline.note(f"{len(unserved)} scrape(s) never reached the simulator (timed out first): {unserved[:5]}")
         if timeouts:
             timeline.note(f"{len(timeouts)} scrape(s) timed out on the loaded machine (up=0 in both runs): "
                           f"{timeouts[:5]}")
@@ -357,7 +374,13 @@ def test_faults_during_one_run_leave_the_store_equal_to_the_golden_run(private_k
         # VictoriaMetrics keeps 12 significant decimal digits of a float (1.455731799749998 is
         # stored as 1.455731799749): values are equal to that precision, stamps exactly.
         problems = compare_points(got, want, rel=1e-11)
-        assert not problems, f"{len(problems)} difference(s) from the golden run:\n" + "\n".join(problems[:30])
+        if problems:
+            report = tmp_path / "differences.txt"
+            missing = missing_scrapes_report(got, want, golden_in, [w.log_path for w in workers])
+            report.write_text("\n".join(problems) + "\n\n" + "\n".join(missing) + "\n")
+            raise AssertionError(f"{len(problems)} difference(s) from the golden run (all of them, and where "
+                                 f"each missing scrape went, in {report}):\n" + "\n".join(problems[:30])
+                                 + "\n" + "\n".join(missing[:30]))
         sink_written = scrape_metric(sink_port, "kpp_sink_points_written_total")
         timeline.note(f"equal to the golden run; the restarted sink wrote {sink_written:.0f} points; "
                       f"test took {time.monotonic() - started:.0f} s")
