@@ -30,20 +30,31 @@ State per cluster-partials partition (one table key `index:<q>`):
 
     {"off": offset of the last message applied (replays after a restart are skipped),
      "progress": {src: {"through": {size: end}, "idle": bool}},
-     "open": {cluster: {size: {start: [nodes received]}}},
+     "open": {cluster: {size: {start: number of member buckets}}},
      "closed": {cluster: {size: highest end closed}},
      "slo": {cluster: [[start, pooled netprog buckets, count], ...]}}
 
-and the partials themselves under `partial:<cluster>|<size>|<start>|<node>`.
+the nodes received for an open window under `members:<cluster>|<size>|<start>|<bucket>`
+(sorted names; the bucket is a hash of the name), and the partials themselves under
+`partial:<cluster>|<size>|<start>|<node>`. The names are kept out of the index because a
+window of 50,000 nodes named like `ip-10-123-45-67.eu-west-1.compute.internal` lists 2.4 MB of
+them, more than one Kafka record takes; in MEMBER_BUCKETS buckets it is ~75 kB per record.
+An index written by an earlier version lists the nodes in place of the bucket count
+(`{start: [nodes]}`); such a window is read, extended and closed as it is.
 """
 
 from __future__ import annotations
 
-from bisect import insort
-from typing import Iterable
+import zlib
+from bisect import bisect_left, insort
+from typing import Iterable, Protocol
 
 from streams.config import StreamSettings
 from streams.node_state import pooled_netprog
+
+
+#: Buckets the node names of one open cluster window are spread over (see above).
+MEMBER_BUCKETS = 32
 
 
 def new_index() -> dict:
@@ -79,12 +90,44 @@ def reemitted(index: dict, src: int, size: int, start: int) -> bool:
     return prog is not None and prog["through"].get(str(size), start) >= start + size
 
 
-def add_partial(index: dict, cluster: str, size: int, start: int, node: str) -> bool:
-    """Record that node's partial arrived. False when it is a re-emission (already there)."""
-    nodes = index["open"].setdefault(cluster, {}).setdefault(str(size), {}).setdefault(str(start), [])
-    if node in nodes:
+class Members(Protocol):
+    """Where the member buckets live: the stage's table (a dict in tests)."""
+
+    def get(self, key: str) -> list | None: ...
+
+    def __setitem__(self, key: str, names: list) -> None: ...
+
+    def __delitem__(self, key: str) -> None: ...
+
+
+def members_key(cluster: str, size: int, start: int, bucket: int) -> str:
+    return f"members:{cluster}|{size}|{start}|{bucket}"
+
+
+def member_bucket(node: str, buckets: int) -> int:
+    return zlib.crc32(node.encode("utf-8", "surrogatepass")) % buckets
+
+
+def add_partial(index: dict, cluster: str, size: int, start: int, node: str,
+                members: Members) -> bool:
+    """Record that node's partial arrived (in `members`, the member buckets' table). False when
+    it is a re-emission (already there)."""
+    starts = index["open"].setdefault(cluster, {}).setdefault(str(size), {})
+    entry = starts.setdefault(str(start), MEMBER_BUCKETS)
+    if isinstance(entry, list):  # an index of an earlier version: the names in place
+        if node in entry:
+            return False
+        insort(entry, node)
+        return True
+    key = members_key(cluster, size, start, member_bucket(node, entry))
+    names = members.get(key)
+    if names is None:
+        names = []
+    at = bisect_left(names, node)
+    if at < len(names) and names[at] == node:
         return False
-    insort(nodes, node)
+    names.insert(at, node)
+    members[key] = names
     return True
 
 
@@ -118,11 +161,23 @@ def due_windows(index: dict, settings: StreamSettings, silent: Iterable[int] = (
     return [(cluster, size, start) for _end, size, cluster, start in due]
 
 
-def take_window(index: dict, cluster: str, size: int, start: int) -> list[str]:
-    """Remove an open window from the index, mark it closed, return its nodes (sorted)."""
+def take_window(index: dict, cluster: str, size: int, start: int, members: Members) -> list[str]:
+    """Remove an open window from the index and its member buckets from `members`, mark it
+    closed, return its nodes (sorted)."""
     per_size = index["open"].get(cluster, {})
     starts = per_size.get(str(size), {})
-    nodes = starts.pop(str(start), [])
+    entry = starts.pop(str(start), [])
+    if isinstance(entry, list):
+        nodes = entry
+    else:
+        nodes = []
+        for bucket in range(entry):
+            key = members_key(cluster, size, start, bucket)
+            names = members.get(key)
+            if names is not None:
+                nodes.extend(names)
+                del members[key]
+        nodes.sort()
     if not starts:
         per_size.pop(str(size), None)
     if not per_size:

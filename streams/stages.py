@@ -34,9 +34,10 @@ from typing import Any, Awaitable, Callable, MutableMapping
 
 import orjson
 
+from contracts import dlq
 from contracts.codec import DecodeError, dumps
 from contracts.derived import DerivedRecord
-from streams import aggregate, cluster, node_state, partition
+from streams import aggregate, cluster, node_state, partition, statecodec
 from streams.config import StreamSettings
 from streams.decode import fast_decode
 
@@ -73,27 +74,32 @@ class StateCache:
         self.raw: dict[str, bytes | None] = {}  # key -> bytes as read from the table
         self.dirty: dict[str, int | None] = {}  # key -> changelog partition
 
-    def get(self, key: str) -> dict | None:
+    def get(self, key: str) -> Any:
         """The decoded JSON value of `key`, or None."""
         try:
             value = self.values[key]
         except KeyError:
             raw = self.raw[key] = self.table.get(key)
-            value = self.values[key] = None if raw is None else orjson.loads(raw)
+            value = self.values[key] = None if raw is None else statecodec.decode(raw)
             return value
-        return orjson.loads(value) if isinstance(value, bytes) else value
+        return statecodec.decode(value) if isinstance(value, bytes) else value
 
     def get_bytes(self, key: str) -> bytes | None:
-        """The encoded value of `key`, or None."""
+        """The encoded value of `key` (see streams/statecodec.py), or None."""
         if key in self.values:
             value = self.values[key]
-            return value if value is None or isinstance(value, bytes) else orjson.dumps(value)
+            return value if value is None or isinstance(value, bytes) else statecodec.encode(value)
         raw = self.raw[key] = self.table.get(key)
         self.values[key] = raw
         return raw
 
+    def stored_size(self, key: str) -> int:
+        """Bytes of `key`'s value as the table held it when the batch first read it (0: absent)."""
+        raw = self.raw.get(key)
+        return 0 if raw is None else len(raw)
+
     def put(self, part: int | None, key: str, value: Any) -> None:
-        """Set `key` to a JSON-able dict or to raw bytes (written at the end of the batch)."""
+        """Set `key` to a JSON-able value or to encoded bytes (written at the end of the batch)."""
         self.values[key] = value
         self.dirty[key] = part
 
@@ -103,12 +109,17 @@ class StateCache:
 
     def writes(self) -> list[tuple[int | None, str, bytes | None]]:
         """(partition, key, bytes or None to delete) of every changed key, in rank order (stable
-        within a rank); forgets the batch."""
+        within a rank); forgets the batch. StateTooLarge when a value, compressed, is still over
+        what Kafka takes (the stages keep their values under it; this names the key if not)."""
         out = []
         get = self.table.get
         for key, part in self.dirty.items():
             value = self.values[key]
-            raw = value if value is None or isinstance(value, bytes) else orjson.dumps(value)
+            raw = value if value is None or isinstance(value, bytes) else statecodec.encode(value)
+            if raw is not None and not statecodec.fits(raw):
+                self.clear()
+                raise statecodec.StateTooLarge(f"state {key!r} is {len(raw)} bytes encoded, over the "
+                                               f"{statecodec.MAX_VALUE_BYTES} bytes a record may have")
             before = self.raw.get(key, self._UNKNOWN)
             if before is self._UNKNOWN:
                 before = get(key)
@@ -183,11 +194,33 @@ def _node_rank(key: str, _raw: Any) -> int:
 
 
 def _cluster_rank(key: str, raw: Any) -> int:
-    # new partials, then the index (which lists them and marks windows closed), then the
-    # deletion of the partials of closed windows
+    # new partials, then the member buckets (which list them), then the index (which lists
+    # the buckets and marks windows closed), then the deletion of closed windows' partials
+    # and buckets
+    if raw is None:
+        return 3
     if key.startswith("index:"):
-        return 1
-    return 2 if raw is None else 0
+        return 2
+    return 1 if key.startswith("members:") else 0
+
+
+class PartitionView:
+    """The keys of one changelog partition of a StateCache as a mapping (the cluster index's
+    member buckets)."""
+
+    __slots__ = ("cache", "part")
+
+    def __init__(self, cache: StateCache, part: int | None) -> None:
+        self.cache, self.part = cache, part
+
+    def get(self, key: str) -> Any:
+        return self.cache.get(key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.cache.put(self.part, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.cache.delete(self.part, key)
 
 
 class NodeStage:
@@ -210,7 +243,7 @@ class NodeStage:
         self.last_event: dict[int, float] = {}  # wall clock of the last event per partition
         self._ticked: dict[int, float | None] = {}
         self.batch = 0  # batches flushed by this instance (named in the scrape trace)
-        self.stats = {"scrapes": 0, "late": 0, "dlq": 0, "duplicates": 0, "replayed": 0}
+        self.stats = {"scrapes": 0, "late": 0, "dlq": 0, "duplicates": 0, "replayed": 0, "state_too_large": 0}
 
     # -- events ----------------------------------------------------------------------
 
@@ -306,10 +339,18 @@ class NodeStage:
                 node_state.count_duplicate(nstate, ts, self.settings)
                 what = f"duplicate (node state at {nstate['ts']})"
             else:
-                self.stats["scrapes"] += 1
+                # a large scrape, or a node whose state is large already, could take the state
+                # over what a changelog record may hold: checked, and undone if so
+                checked = max(len(value), cache.stored_size(nkey)) >= statecodec.COMPRESS_FROM
+                before = orjson.dumps(nstate) if checked else b""
                 nstate["cluster"] = record.cluster
                 node_state.apply_scrape(nstate, record, self.settings)
                 what = "applied"
+                if checked and not statecodec.fits(encoded := statecodec.encode(nstate)):
+                    nstate = orjson.loads(before)
+                    what = await self._state_too_large(part, offset, key, value, record.node, len(encoded))
+                else:
+                    self.stats["scrapes"] += 1
             nstate["off"] = offset
             cache.put(part, nkey, nstate)
         else:
@@ -318,6 +359,20 @@ class NodeStage:
         if tracing:
             self._trace(what, part, offset, record.node, ts)
         cache.put(part, pkey, pstate)  # written only if its encoding changed
+
+    async def _state_too_large(self, part: int, offset: int, key: bytes | None, value: bytes, node: str,
+                               size: int) -> str:
+        """The scrape would take its node's state over what a changelog record may hold: it goes
+        to the DLQ (reason state_too_large) instead of into the state, which stays as it was."""
+        self.stats["dlq"] += 1
+        self.stats["state_too_large"] += 1
+        error = (f"node {node!r}: with this scrape its state would be {size} bytes encoded, over the "
+                 f"{statecodec.MAX_VALUE_BYTES} bytes a changelog record may hold")
+        log.error("scrape at %s[%d]@%d dead-lettered: %s", self.topics.samples, part, offset, error)
+        await self.out.put(self.topics.dlq, dlq.dlq_key(key), dlq.dead_letter(
+            stage="node", reason="state_too_large", error=error, topic=self.topics.samples, partition=part,
+            offset=offset, key=key, value=value), None)
+        return "dead-lettered (state_too_large)"
 
     def idle_partitions(self, assigned: set[int]) -> list[int]:
         """Assigned partitions without an event for idle_timeout (wall clock)."""
@@ -388,8 +443,9 @@ class NodeStage:
         await out.records(records, self.topics)
         for p in partials:
             p["type"] = "partial"
-            await out.put(self.settings.cluster_partials_topic, p["cluster"].encode(), dumps(p),
-                          p["start_ms"] + p["size_ms"])
+            # compressed when large, like the node state it comes from (which fits a record)
+            await out.put(self.settings.cluster_partials_topic, p["cluster"].encode(),
+                          statecodec.encode_json(dumps(p)), p["start_ms"] + p["size_ms"])
         await self._marker(out, part, pstate, idle=idle)
         # written by flush(), after everything above was acknowledged
         for node, st in states.items():
@@ -458,7 +514,7 @@ class ClusterStage:
             return
         index["off"] = offset
         try:
-            msg = orjson.loads(value)
+            msg = statecodec.decode(value)
             kind = msg["type"]
             src = int(msg["src"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
@@ -481,14 +537,14 @@ class ClusterStage:
                     "reason": reason, "stage": "cluster", "topic": self.settings.cluster_partials_topic,
                     "partition": q, "offset": offset, "node": node, "cluster": name, "partial": msg}),
                     start + size)
-            elif cluster.add_partial(index, name, size, start, node):
+            elif cluster.add_partial(index, name, size, start, node, PartitionView(cache, q)):
                 self.stats["partials"] += 1
                 cache.put(q, cluster.partial_key(name, size, start, node), value)
         due = cluster.due_windows(index, self.settings, self.silent())
         for name, size, start in due:
-            nodes = cluster.take_window(index, name, size, start)
+            nodes = cluster.take_window(index, name, size, start, PartitionView(cache, q))
             keys = [cluster.partial_key(name, size, start, n) for n in nodes]
-            partials = [orjson.loads(raw) for raw in map(cache.get_bytes, keys) if raw is not None]
+            partials = [statecodec.decode(raw) for raw in map(cache.get_bytes, keys) if raw is not None]
             merged = aggregate.merge(partials, self.settings)
             history = (cluster.roll_slo(index, name, start, merged, self.settings)
                        if size == self.settings.step_s * 1000 else None)

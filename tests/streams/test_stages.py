@@ -81,9 +81,9 @@ def test_partition_watermark_due_windows_and_late():
 
 
 def test_cluster_close_rule_waits_for_every_partition_or_idle_or_silent():
-    idx = cluster.new_index()
-    cluster.add_partial(idx, "c", 60_000, 0, "n1")
-    assert not cluster.add_partial(idx, "c", 60_000, 0, "n1")  # re-emission ignored
+    idx, members = cluster.new_index(), {}
+    cluster.add_partial(idx, "c", 60_000, 0, "n1", members)
+    assert not cluster.add_partial(idx, "c", 60_000, 0, "n1", members)  # re-emission ignored
     cluster.apply_progress(idx, 0, {"60000": 60_000}, False)
     assert cluster.due_windows(idx, S) == []  # partition 1 not heard from
     assert cluster.due_windows(idx, S, silent=[1]) == [("c", 60_000, 0)]  # cluster_timeout fallback
@@ -92,7 +92,7 @@ def test_cluster_close_rule_waits_for_every_partition_or_idle_or_silent():
     cluster.apply_progress(idx, 1, {"60000": 0}, False)
     assert cluster.due_windows(idx, S) == []
     cluster.apply_progress(idx, 1, {"60000": 60_000}, False)
-    assert cluster.take_window(idx, "c", 60_000, 0) == ["n1"]
+    assert cluster.take_window(idx, "c", 60_000, 0, members) == ["n1"] and not members
     assert cluster.late_reason(idx, "c", 60_000, 0) and cluster.late_reason(idx, "c", 60_000, 60_000) is None
 
 
