@@ -147,8 +147,6 @@ def store_retention(setting: int | str | None, writer: Writer) -> int | None:
     if retention is None:
         log.warning("cannot learn the store's retention from %s/flags: records older than it would be "
                     "dropped by the store without a trace; set --retention", writer.base_url)
-    else:
-        log.info("store retention %.0f days: older records go to the DLQ", retention / 86_400_000)
     return retention
 
 
@@ -163,8 +161,12 @@ def run(args: argparse.Namespace) -> int:
     server = None
     if values["listen"]:
         server = serve(values["listen"], counters, lambda: _health(loop))
-    log.info("sink %s → %s: topics %s, group %s, Kafka %s", values["to"], loop.writer.url,
-             ", ".join(loop.settings.topics), loop.settings.group_id, connection.describe())
+    retention = loop.settings.timestamps.retention_ms
+    # one start line (the retention in it): an operator reads the whole set-up at once
+    log.info("sink %s → %s: topics %s, group %s, Kafka %s, %s", values["to"], loop.writer.url,
+             ", ".join(loop.settings.topics), loop.settings.group_id, connection.describe(),
+             "no retention check" if retention is None
+             else f"store retention {retention / 86_400_000:.0f} days (older records go to the DLQ)")
     try:
         connection.check(timeout_s=30.0)  # refused credentials: one clear error and exit
         loop.run(stop)
