@@ -15,7 +15,8 @@ from typing import Any, Iterable
 from contracts.codec import float_from_json, float_to_json
 from contracts.derived import DerivedRecord
 from streams.config import StreamSettings, quantile_name
-from streams.node_state import NETPROG, le_from_key, split_sid
+from streams.node_state import NETPROG, le_from_key
+from streams.node_state import split_sid as _split_sid  # data_records picks the scope's variant
 from streams.quantiles import histogram_mean, histogram_quantile, histogram_quantiles
 
 #: Counters whose increase is a restore failure (health: "restore_failures").
@@ -54,11 +55,34 @@ def _common(kind: str, scope: str, cluster: str, node: str | None, start: int, s
                          contributors=contributors)
 
 
+def cluster_labels(labels: dict[str, str]) -> dict[str, str]:
+    """A cluster-scope record's series labels: a `node` label of the target's own (a
+    kube-proxy series labelled with a node) is kept as `exported_node`, the name it gets at
+    node scope (the sinks' honor_labels=false rule, sinks/series.py). Kept rather than dropped:
+    dropping it would merge series that differ only in it, a different sum than node scope's;
+    renamed because `node` names the node a record is about, and a cluster record is about none."""
+    if "node" not in labels:
+        return labels
+    out: dict[str, str] = {}
+    for name in sorted(labels):
+        new = name
+        while new in out or new == "node":
+            new = "exported_" + new
+        out[new] = labels[name]
+    return out
+
+
+def _cluster_split_sid(series: str) -> tuple[str, dict[str, str]]:
+    metric, labels = _split_sid(series)
+    return metric, cluster_labels(labels)
+
+
 def data_records(scope: str, cluster: str, node: str | None, start: int, size: int, acc: dict,
                  contributors: dict, settings: StreamSettings) -> list[DerivedRecord]:
     """rates, quantiles and gauges of one window's accumulated data (node or merged)."""
     size_s = size / 1000.0
     out: list[DerivedRecord] = []
+    split_sid = _cluster_split_sid if scope == "cluster" else _split_sid
     for series in sorted(acc["c"]):
         inc = acc["c"][series]
         metric, labels = split_sid(series)
@@ -105,6 +129,8 @@ def node_health(partial: dict, settings: StreamSettings) -> dict[str, float | No
         "stalled": None if stall is None else (1 if stall > settings.stall_threshold_s else 0),
         "restore_failures": restore_failures(partial["c"]),
         "left": 1 if partial.get("left") else 0,
+        # only when some scrape was rejected (clock_skew / too_old): good input's bytes stay as before
+        **({"scrapes_rejected": partial["rej"]} if partial.get("rej") else {}),
     }
 
 
@@ -165,6 +191,8 @@ def merge(partials: list[dict], settings: StreamSettings) -> dict:
                 health[key] = h[src] if health[key] is None else max(health[key], h[src])
         if h["restore_failures"] is not None:
             health["restore_failures"] = (health["restore_failures"] or 0.0) + h["restore_failures"]
+        if "scrapes_rejected" in h:
+            health["scrapes_rejected"] = health.get("scrapes_rejected", 0) + h["scrapes_rejected"]
     acc["health"] = health
     acc["present"] = present
     return acc

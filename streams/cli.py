@@ -69,6 +69,11 @@ OPTIONS = (
     Option("cluster_timeout", "wall-clock seconds the cluster stage waits for a source partition "
            "it hears nothing from at all before closing cluster windows without it", 120.0,
            "KPP_STREAM_CLUSTER_TIMEOUT", kind=positive_float, metavar="SECONDS"),
+    Option("max_clock_skew", "seconds a scrape time may be ahead of this worker's wall clock (a "
+           "producer's clock running fast); later ones go to <prefix>.late as clock_skew instead of "
+           "moving the watermark past every other node's scrapes. Keep it under the broker's "
+           "message.timestamp.after.max.ms (1 h by default): outputs are stamped with window ends",
+           300.0, "KPP_STREAM_MAX_CLOCK_SKEW", kind=_non_negative, metavar="SECONDS"),
     Option("topic_prefix", "prefix of the topic names (<prefix>.samples in; .rates .quantiles .gauges "
            ".health .slo .late .dlq out)", DEFAULT_PREFIX, "KPP_TOPIC_PREFIX", metavar="PREFIX"),
     Option("partitions", "partitions of <prefix>.samples; every topic and table of this stage uses "
@@ -114,6 +119,7 @@ def settings_from(args: argparse.Namespace) -> StreamSettings:
             quantiles=tuple(values["quantile"]), slo_threshold_s=values["slo_threshold"],
             slo_window_s=values["slo_window"], stall_threshold_s=values["stall_threshold"],
             node_gone_after_s=values["node_gone_after"], cluster_timeout_s=values["cluster_timeout"],
+            max_clock_skew_s=values["max_clock_skew"],
             partitions=values["partitions"], web_port=values["web_port"] or None, data_dir=data_dir,
         )
     except ValueError as exc:

@@ -26,6 +26,11 @@ class StreamSettings:
     stall_threshold_s: float = 60.0
     node_gone_after_s: float = 600.0
     cluster_timeout_s: float = 120.0
+    # How far a scrape may be stamped ahead of the trusted clock (the worker's wall clock; in
+    # replay the record's Kafka timestamp, see streams/replay.py). One producer with a fast
+    # clock must not drag its partition's watermark into the future: every other node's
+    # scrapes would then be late.
+    max_clock_skew_s: float = 300.0
     partitions: int = 1
     web_port: int | None = None
     data_dir: str = ".kpp/streams"
@@ -42,6 +47,8 @@ class StreamSettings:
             raise ValueError("quantiles must be in [0, 1]")
         if self.partitions < 1:
             raise ValueError("partitions must be >= 1")
+        if self.max_clock_skew_s < 0:
+            raise ValueError("the maximum clock skew must be >= 0")
 
     @property
     def topics(self) -> Topics:
@@ -63,6 +70,10 @@ class StreamSettings:
     @property
     def node_gone_after_ms(self) -> int:
         return int(round(self.node_gone_after_s * 1000))
+
+    @property
+    def max_clock_skew_ms(self) -> int:
+        return int(round(self.max_clock_skew_s * 1000))
 
     @property
     def cluster_partials_topic(self) -> str:

@@ -22,6 +22,19 @@ at the close of each step window, counts as that step window), so every emitted 
 byte-identical to the one the live worker published for that window, given the same settings
 and a warm-up that covers the baselines, the SLO window and `node_gone_after`.
 
+Event time is bounded as in the live worker (streams/partition.py), against a trusted clock
+that replay has to take from the data: the record's Kafka timestamp, capped at the range end
+(`to` + allowed lateness, where reading stops). Live, the worker's wall clock at processing
+time is, up to consumer lag, the time Kafka appended the record; the Kafka timestamp is that
+time exactly when the samples topic uses `message.timestamp.type=LogAppendTime`, and then a
+replay rejects (`clock_skew`) exactly the scrapes the live worker rejected. With the default
+CreateTime it is the producer's stamp (`kpp produce` stamps the scrape time): the broker
+bounds it (`message.timestamp.after.max.ms`, one hour by default since Kafka 4.0) and the range
+end bounds it, so a record stamped in 2100 still cannot move a watermark, but a producer whose
+clock ran a few minutes ahead passes the check in a replay that the live worker's wall clock
+failed. The range end alone would accept anything up to the end of a long range (one record
+two hours ahead in a week's range would make every later scrape late).
+
 Kafka-free core: `Replayer` takes (partition, offset, timestamp, key, value) tuples and an
 `emit(topic, key, value, timestamp_ms)` callback; `KafkaSource` and `KafkaSink` connect it to
 a broker.
@@ -137,7 +150,8 @@ class Replayer:
         self._queues: dict[int, deque] = defaultdict(deque)
         self._cluster_offsets: dict[int, int] = defaultdict(int)
         self.clock = _FakeClock()
-        self.node = NodeStage(settings, {}, self._send, clock=self.clock)
+        self.trusted_ms = 0  # the trusted clock of the scrape being fed (see the module docstring)
+        self.node = NodeStage(settings, {}, self._send, clock=self.clock, trusted_clock_ms=lambda: self.trusted_ms)
         self.cluster = ClusterStage(settings, {}, self._send, clock=self.clock)
         self._seen_parts: set[int] = set()
 
@@ -212,6 +226,7 @@ class Replayer:
             stats.first_ts_ms = msg.timestamp_ms
         stats.last_ts_ms = msg.timestamp_ms
         self._seen_parts.add(msg.partition)
+        self.trusted_ms = trusted_clock_ms(msg.timestamp_ms, self.to_ms, self.settings)
         await self.node.on_sample(msg.partition, msg.offset, msg.key, msg.value)
         await self._drain_cluster()
 
@@ -244,6 +259,14 @@ class Replayer:
             if on_progress is not None:
                 on_progress(self.stats)
         return await self.finish()
+
+
+def trusted_clock_ms(kafka_ts_ms: int, to_ms: int | None, settings: StreamSettings) -> int:
+    """What a replayed scrape's time is checked against: its Kafka timestamp, never later
+    than where the range's reading stops."""
+    if to_ms is None:
+        return kafka_ts_ms
+    return min(kafka_ts_ms, to_ms + settings.lateness_ms)
 
 
 def _partition_of(key: bytes | None, partitions: int) -> int:

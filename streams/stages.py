@@ -37,6 +37,8 @@ import orjson
 from contracts import dlq
 from contracts.codec import DecodeError, dumps
 from contracts.derived import DerivedRecord
+from contracts.dlq import dead_letter as contract_dead_letter
+from contracts.dlq import dlq_key
 from streams import aggregate, cluster, node_state, partition, statecodec
 from streams.config import StreamSettings
 from streams.decode import fast_decode
@@ -152,18 +154,27 @@ async def write_table(table: MutableMapping, writes: list[tuple[int | None, str,
         await asyncio.gather(*pending)
 
 
-def dead_letter(reason: str, topic: str, partition_: int, offset: int, key: bytes | None, value: Any) -> bytes:
-    obj: dict[str, Any] = {"reason": reason, "topic": topic, "partition": partition_, "offset": offset,
-                           "key": key.decode("utf-8", "replace") if isinstance(key, bytes) else key}
-    if isinstance(value, (bytes, bytearray)):
-        try:
-            obj["value"] = bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            import base64
-            obj["value_base64"] = base64.b64encode(bytes(value)).decode("ascii")
-    else:
-        obj["value"] = repr(value)
-    return dumps(obj)
+def dead_letter(reason: str, topic: str, partition_: int, offset: int, key: bytes | None, value: Any, *,
+                stage: str | None = None, error: str | None = None) -> bytes:
+    """A stream stage's dead letter, in the DLQ contract's envelope (contracts/dlq.py): bounded
+    whatever the original's size (its first 64 KiB, size and SHA-256), so writing it can never
+    fail on Kafka's record limit and stop the worker. `stage` is "node" or "cluster" (by
+    default from the topic); `error` the full text when `reason` is a short code. No
+    dead-lettered time: the stage's outputs are deterministic (replays write the same bytes)."""
+    if stage is None:
+        stage = "cluster" if topic.endswith(".cluster-partials") else "node"
+    if value is not None and not isinstance(value, (bytes, bytearray)):
+        value = repr(value).encode("utf-8")
+    return contract_dead_letter(stage=stage, reason=reason, error=reason if error is None else error, topic=topic,
+                                partition=partition_, offset=offset, key=key, value=value)
+
+
+def late_timestamp(reason: str, ts_ms: int) -> int | None:
+    """The Kafka timestamp of a `.late` record: the scrape time when its window closed (a
+    plausible time: within the partition's range); None (the producer's clock) for a time that
+    was not believed. A broker refuses timestamps far ahead or negative, and the refusal would
+    stop the worker on every restart."""
+    return ts_ms if reason == partition.WINDOW_CLOSED else None
 
 
 class Outbox:
@@ -232,9 +243,14 @@ class NodeStage:
     awaited together, and only then is each changed state written (once per batch)."""
 
     def __init__(self, settings: StreamSettings, table: MutableMapping, send: Send,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 trusted_clock_ms: Callable[[], int] | None = None) -> None:
         self.settings = settings
         self.table = table  # "node:<name>" -> node state, "partition:<n>" -> partition state
+        # The clock a scrape time may not run ahead of by more than max_clock_skew: the worker's
+        # wall clock live, the record's Kafka timestamp in a replay (streams/replay.py).
+        self.trusted_clock_ms = trusted_clock_ms or (lambda: int(time.time() * 1000))
+        self.rejected: dict[str, dict[str, int]] = {}  # node -> reason -> scrapes rejected
         self.send = send
         self.clock = clock
         self.topics = settings.topics
@@ -243,7 +259,8 @@ class NodeStage:
         self.last_event: dict[int, float] = {}  # wall clock of the last event per partition
         self._ticked: dict[int, float | None] = {}
         self.batch = 0  # batches flushed by this instance (named in the scrape trace)
-        self.stats = {"scrapes": 0, "late": 0, "dlq": 0, "duplicates": 0, "replayed": 0, "state_too_large": 0}
+        self.stats = {"scrapes": 0, "late": 0, "dlq": 0, "duplicates": 0, "replayed": 0, "state_too_large": 0,
+                      partition.CLOCK_SKEW: 0, partition.TOO_OLD: 0}
 
     # -- events ----------------------------------------------------------------------
 
@@ -289,8 +306,8 @@ class NodeStage:
             record = fast_decode(value)
         except DecodeError as exc:
             self.stats["dlq"] += 1
-            await out.put(self.topics.dlq, key, dead_letter(str(exc), self.topics.samples, part, offset, key, value),
-                          None)
+            await out.put(self.topics.dlq, dlq_key(key), dead_letter(
+                "malformed", self.topics.samples, part, offset, key, value, stage="node", error=str(exc)), None)
             pkey = f"partition:{part}"
             pstate = cache.get(pkey)
             if pstate is None:
@@ -312,13 +329,17 @@ class NodeStage:
             pstate["idle"] = False
             await self._marker(out, part, pstate, idle=False)
         if not replay:
-            reason = partition.late_reason(pstate, ts, self.settings)
-            if reason is not None:
+            rejected = partition.reject_reason(ts, self.trusted_clock_ms(), self.settings)
+            late = rejected or partition.late_reason(pstate, ts, self.settings)
+            if late is not None:
+                reason, detail = late
                 self.stats["late"] += 1
+                if reason != partition.WINDOW_CLOSED:
+                    self._reject(record.node, reason, detail, part, offset, pstate, nstate)
                 await out.put(self.topics.late, record.key, dumps({
-                    "reason": reason, "stage": "node", "topic": self.topics.samples, "partition": part,
-                    "offset": offset, "node": record.node, "cluster": record.cluster, "scrape_ts_ms": ts,
-                    "record": record.to_json()}), ts)
+                    "reason": reason, "detail": detail, "stage": "node", "topic": self.topics.samples,
+                    "partition": part, "offset": offset, "node": record.node, "cluster": record.cluster,
+                    "scrape_ts_ms": ts, "record": record.to_json()}), late_timestamp(reason, ts))
                 if nstate is not None:
                     nstate["off"] = offset
                     cache.put(part, nkey, nstate)
@@ -373,6 +394,24 @@ class NodeStage:
             stage="node", reason="state_too_large", error=error, topic=self.topics.samples, partition=part,
             offset=offset, key=key, value=value), None)
         return "dead-lettered (state_too_large)"
+
+    def _reject(self, node: str, reason: str, detail: str, part: int, offset: int, pstate: dict,
+                nstate: dict | None) -> None:
+        """Count a scrape whose time was not believed: in the stage's stats, per node, and in
+        the node's newest open windows (health `scrapes_rejected`) when the node is known."""
+        self.stats[reason] += 1
+        per_node = self.rejected.setdefault(node, {})
+        n = per_node[reason] = per_node.get(reason, 0) + 1
+        if n == 1 or n % 100 == 0:
+            log.warning("scrape of node %r at partition %d offset %d rejected (%s, %d so far): %s; it goes "
+                        "to %s", node, part, offset, reason, n, detail, self.topics.late)
+        if nstate is None or pstate["max"] is None:
+            return  # nothing open to count it in: .late and the stats hold it
+        for size in self.settings.sizes_ms:
+            start = partition.window_start(pstate["max"], size)
+            if start >= pstate["next"].get(str(size), start) and str(size) in nstate["first"]:
+                win = node_state.open_partial(nstate, size, start)
+                win["rej"] = win.get("rej", 0) + 1
 
     def idle_partitions(self, assigned: set[int]) -> list[int]:
         """Assigned partitions without an event for idle_timeout (wall clock)."""
@@ -519,8 +558,9 @@ class ClusterStage:
             src = int(msg["src"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             self.stats["dlq"] += 1
-            await out.put(self.topics.dlq, key, dead_letter(f"bad cluster partial: {exc!r}",
-                          self.settings.cluster_partials_topic, q, offset, key, value), None)
+            await out.put(self.topics.dlq, dlq_key(key), dead_letter(
+                "malformed", self.settings.cluster_partials_topic, q, offset, key, value, stage="cluster",
+                error=f"bad cluster partial: {exc!r}"), None)
             cache.put(q, ikey, index)
             return
         self.heard[src] = self.clock()
@@ -534,7 +574,8 @@ class ClusterStage:
             elif reason is not None:
                 self.stats["late"] += 1
                 await out.put(self.topics.late, key, dumps({
-                    "reason": reason, "stage": "cluster", "topic": self.settings.cluster_partials_topic,
+                    "reason": partition.WINDOW_CLOSED, "detail": reason, "stage": "cluster",
+                    "topic": self.settings.cluster_partials_topic,
                     "partition": q, "offset": offset, "node": node, "cluster": name, "partial": msg}),
                     start + size)
             elif cluster.add_partial(index, name, size, start, node, PartitionView(cache, q)):

@@ -124,12 +124,13 @@ def test_end_to_end_accuracy_dlq_late_and_a_node_that_stops(kafka, tmp_path):
 
     # bad input went to the DLQ with a reason; the worker kept going
     dlq = [json.loads(v) for t, _k, v, _ts in out if t == f"{prefix}.dlq"]
-    reasons = sorted(d["reason"] for d in dlq)
-    assert len({(d["partition"], d["offset"]) for d in dlq}) == 2, reasons
+    reasons = sorted(d["error"] for d in dlq)
+    assert len({(d["source"]["partition"], d["source"]["offset"]) for d in dlq}) == 2, reasons
     assert any("not valid JSON" in r for r in reasons) and any("unknown schema" in r for r in reasons)
+    assert {(d["stage"], d["reason"], d["source"]["topic"]) for d in dlq} == {("node", "malformed", f"{prefix}.samples")}
     lates = [json.loads(v) for t, _k, v, _ts in out if t == f"{prefix}.late"]
     assert {(x["node"], x["scrape_ts_ms"]) for x in lates} == {("node-001", late.scrape_ts_ms)}
-    assert "already closed" in lates[0]["reason"]
+    assert lates[0]["reason"] == "window_closed" and "already closed" in lates[0]["detail"]
 
     # the node that stopped: missing, then left; cluster windows kept closing without it
     health = [DerivedRecord.decode(v) for kind, _k, v in set(got) if kind == "health"]
