@@ -364,7 +364,7 @@ def test_faults_during_one_run_leave_the_store_equal_to_the_golden_run(private_k
                             f"the broker was away {outage:.0f} s")
         dlq = read_all(connection, f"{prefix}.dlq")
         letters = [orjson.loads(m.value) for m in dlq]
-        stream_letters = sorted(d["reason"] for d in letters if d.get("topic") == f"{prefix}.samples")
+        stream_letters = sorted(d["error"] for d in letters if d["source"]["topic"] == f"{prefix}.samples")
         sink_letters = [d for d in letters if d.get("stage") == "sink"]
         assert len(stream_letters) == 2 and any("JSON" in r for r in stream_letters) \
             and any("unknown schema" in r for r in stream_letters), letters
