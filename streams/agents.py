@@ -23,6 +23,7 @@ import traceback
 
 import faust
 
+from contracts.dlq import dlq_key
 from contracts.kafka import KafkaConnection
 from streams.app import TABLES
 from streams.config import StreamSettings
@@ -171,8 +172,9 @@ def wire(app: faust.App, settings: StreamSettings, connection: KafkaConnection) 
         log.error("%s stage failed on %s[%d]@%d: %s", stage_name, msg.topic, msg.partition, msg.offset,
                   "".join(traceback.format_exception_only(type(exc), exc)).strip())
         # through the stage's outbox: delivered before the batch is acknowledged
-        await stage.out.put(topics.dlq, msg.key, dead_letter(f"{stage_name} stage error: {exc!r}", msg.topic,
-                                                             msg.partition, msg.offset, msg.key, msg.value), None)
+        await stage.out.put(topics.dlq, dlq_key(msg.key), dead_letter(
+            "stage_error", msg.topic, msg.partition, msg.offset, msg.key, msg.value, stage=stage_name,
+            error=f"{stage_name} stage error: {exc!r}"), None)
 
     async def flush(stage_name: str, stage) -> None:
         try:
