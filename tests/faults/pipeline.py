@@ -76,12 +76,16 @@ class ServedLog:
 
 
 class ScheduledCluster(Cluster):
-    """A `Cluster` whose node faults follow `schedule` ({node: [(epoch_s, mode), ...]})."""
+    """A `Cluster` whose node faults follow `schedule` ({node: [(epoch_s, mode), ...]}), and
+    whose nodes in `bursts` ({node: (from_s, to_s, n)}) also serve a counter family of `n`
+    series from `from_s` until `to_s` (a family far larger than kube-proxy's own)."""
 
-    def __init__(self, *args, schedule: dict[str, list[tuple[float, str]]], **kwargs) -> None:
+    def __init__(self, *args, schedule: dict[str, list[tuple[float, str]]],
+                 bursts: dict[str, tuple[float, float, int]] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.schedule = {node: sorted(events) for node, events in schedule.items()}
         self.applied = {node: 0 for node in self.schedule}
+        self.bursts = dict(bursts or {})
         self._schedule_lock = threading.Lock()
 
     def apply_until(self, node: str, t: float) -> None:
@@ -101,11 +105,27 @@ class ScheduledCluster(Cluster):
 
     def render(self, node: str, at: float) -> str:
         self.apply_until(node, at)
-        return super().render(node, at)
+        body = super().render(node, at)
+        burst = self.bursts.get(node)
+        if burst is not None and burst[0] <= at < burst[1]:
+            body += burst_family(burst[2], at - burst[0])
+        return body
 
     def mode_at(self, node: str, t: float) -> str:
         self.apply_until(node, t)
         return super().fault(node)
+
+
+BURST_FAMILY = "kubeproxy_fault_suite_burst_total"
+
+
+def burst_family(series: int, since_s: float) -> str:
+    """A counter family of `series` series, increasing with the time since the burst began."""
+    step = int(since_s) + 1
+    lines = [f"# HELP {BURST_FAMILY} A family far larger than kube-proxy's own (fault suite).",
+             f"# TYPE {BURST_FAMILY} counter"]
+    lines.extend(f'{BURST_FAMILY}{{series="{i:05d}"}} {(i % 13 + 1) * step}' for i in range(series))
+    return "\n".join(lines) + "\n"
 
 
 def golden_record(sim: ScheduledCluster, node: str, ts_ms: int, *, cluster: str, target: str,
@@ -141,6 +161,46 @@ def same_scrape(got: ScrapeRecord, want: ScrapeRecord, mode: str) -> str | None:
     if got.error != want.error:
         return f"error: {got.error!r} != {want.error!r}"
     return None
+
+
+class SkewedNode(threading.Thread):
+    """A node whose clock runs `skew_s` ahead: every interval it publishes a scrape of its
+    own simulated kube-proxy stamped that far in the future, as `kpp produce` on such a host
+    would (the same record builder). The stream stage must reject each one (`.late`, reason
+    `clock_skew`) without moving its partition's watermark: the other nodes of that
+    partition must see no difference."""
+
+    def __init__(self, connection: KafkaConnection, topic: str, *, node: str, cluster: str, skew_s: float,
+                 interval_s: float, until: float, seed: int) -> None:
+        super().__init__(daemon=True, name=f"skewed-{node}")
+        self.connection, self.topic, self.node, self.cluster = connection, topic, node, cluster
+        self.skew_s, self.interval_s, self.until = skew_s, interval_s, until
+        self.sim = Cluster(1, seed=seed, start=time.time() + skew_s - 600)
+        self.sent: list[int] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from kafka import KafkaProducer
+
+        try:
+            producer = KafkaProducer(**self.connection.kafka_python_kwargs(), acks="all", linger_ms=5,
+                                     delivery_timeout_ms=300_000, request_timeout_ms=30_000)
+            selector = Selector()
+            settings = NodeSettings(node=self.node, cluster=self.cluster, interval_s=self.interval_s)
+            tick = math.floor(time.time() / self.interval_s + 1) * self.interval_s
+            while tick < self.until:
+                time.sleep(max(0.0, tick - time.time()))
+                their_now = time.time() + self.skew_s
+                body = self.sim.render("node-000", their_now)
+                record, _ = build_record(settings, f"http://{self.node}:10249/metrics", int(their_now * 1000),
+                                         ScrapeOutcome(body, 0.0, len(body.encode()), "ok"), selector)
+                producer.send(self.topic, key=record.key, value=record.encode())
+                self.sent.append(record.scrape_ts_ms)
+                tick += self.interval_s
+            producer.flush(300)
+            producer.close()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
 
 
 # -- processes ---------------------------------------------------------------------------

@@ -12,11 +12,16 @@ Faults of the machinery (compensated, so the result must not change):
 Faults of the nodes (they change the input itself, so the golden run has them too, at the
 same ticks): a node restarting twice (counter resets), one restarting once, one stalling,
 one serving garbage, one vanishing (connection dropped), one answering 500, one serving no
-kubeproxy_* family.
+kubeproxy_* family, one serving a 10,000-series family for two scrapes (its state and
+partials far over 1 MB as plain JSON). And one node whose clock runs 50 minutes ahead
+(its scrapes published by the test as its producer would): all of them are rejected.
 
-Pass: the raw topic holds every scrape once and each equals the golden scrape; every
-bad input is accounted for (up=0 with the reason, producer counters, DLQ); nothing was
-late; the store's derived series equal the golden run's, point for point.
+Pass: the raw topic holds every scrape once and each equals the golden scrape, as the
+simulator really served it; every bad input is accounted for (up=0 with the reason,
+producer counters, DLQ); nothing is late but every scrape of the fast-clock node (reason
+clock_skew); the store's derived series equal the golden run's, point for point. On a
+difference, every difference and the trace of each scrape missing from a window go to
+differences.txt.
 
 Windows of 10 s and 30 s, scrapes every 2 s. Allowed lateness is 90 s: it must exceed the
 longest skew between nodes of one partition, and the broker outage makes one (kill,
@@ -53,7 +58,8 @@ from streams.config import StreamSettings
 from tests.conftest import free_port
 from tests.faults.pipeline import (
     KPP, Procs, ScheduledCluster, ServedLog, compare_points, golden_points, golden_record, group_lag,
-    missing_scrapes_report, read_all, same_scrape, scrape_metric, skipped_ticks, tick_clock,
+    BURST_FAMILY, SkewedNode, missing_scrapes_report, read_all, same_scrape, scrape_metric, skipped_ticks,
+    tick_clock,
 )
 from tests.sinks import servers
 from tests.sinks.helpers import vm_points
@@ -75,6 +81,16 @@ STREAM_FLAGS = ["--window", "10", "--window", "30", "--allowed-lateness", str(LA
                 "--slo-window", "30", "--stall-threshold", "20",
                 "--idle-timeout", "3600", "--cluster-timeout", "3600",
                 "--trace-scrapes"]  # a scrape missing from a window is then found in the workers' logs
+
+
+SKEWED = "node-skewed"  # its clock runs SKEW_S ahead: everything it sends is rejected
+SKEW_S = 50 * 60
+BURST_NODE, BURST_SERIES = "node-011", 10_000  # serves a 10,000-series family for two scrapes
+
+
+def bursts(base: float) -> dict[str, tuple[float, float, int]]:
+    # two scrapes (+62 s, +64 s) in one 10 s window: the node's state holds 10,000 baselines
+    return {BURST_NODE: (base + 62, base + 66, BURST_SERIES)}
 
 
 def clock_tick(stamp_ms: int) -> float:
@@ -137,7 +153,7 @@ def test_faults_during_one_run_leave_the_store_equal_to_the_golden_run(private_k
     plan = schedule(base)
     sim_start = base - 120
     clock = tick_clock(INTERVAL)
-    live_sim = ScheduledCluster(NODES, seed=SEED, start=sim_start, schedule=plan)
+    live_sim = ScheduledCluster(NODES, seed=SEED, start=sim_start, schedule=plan, bursts=bursts(base))
     served = ServedLog()
     server = make_server(live_sim, port=0, clock=clock, on_served=served.record)
     quiet_disconnects(server)
@@ -168,8 +184,11 @@ def test_faults_during_one_run_leave_the_store_equal_to_the_golden_run(private_k
                 "--timeout", "1.8", "--target", f"http://127.0.0.1:{server.port}/nodes/{node}/metrics",
                 "--topic-prefix", prefix, "--spool-dir", str(tmp_path / "spool" / node),
                 "--listen", f"127.0.0.1:{producer_ports[node]}", *kafka_flags])
-        timeline.note(f"{NODES} producers, 1 stream worker, 1 sink started "
-                      f"({time.monotonic() - started:.0f} s after the test began)")
+        skewed = SkewedNode(connection, f"{prefix}.samples", node=SKEWED, cluster=cluster_name, skew_s=SKEW_S,
+                            interval_s=INTERVAL, until=base + RUN_S - 4, seed=SEED + 1)
+        skewed.start()
+        timeline.note(f"{NODES} producers, 1 stream worker, 1 sink started, and {SKEWED} whose clock runs "
+                      f"{SKEW_S // 60} min ahead ({time.monotonic() - started:.0f} s after the test began)")
         assert time.time() < base + 10, "start-up took too long for the planned timeline"
 
         # -- faults of the machinery
@@ -245,14 +264,24 @@ def test_faults_during_one_run_leave_the_store_equal_to_the_golden_run(private_k
             assert " 0 still spooled, 0 dropped" in procs.log(name), procs.log(name)[-2000:]
         server.shutdown()
 
+        skewed.join(330)
+        assert not skewed.is_alive() and skewed.error is None, skewed.error
+        timeline.note(f"{SKEWED} published {len(skewed.sent)} scrape(s) stamped {SKEW_S // 60} min ahead")
+
         # -- the raw topic: every scrape once, each equal to the golden scrape
         raw = read_all(connection, f"{prefix}.samples")
-        scrapes, junk = [], []
+        scrapes, junk, skewed_stamps = [], [], []
         for m in raw:
             try:
-                scrapes.append(ScrapeRecord.decode(m.value))
+                record = ScrapeRecord.decode(m.value)
             except DecodeError:
                 junk.append(m.value)
+                continue
+            if record.node == SKEWED:
+                skewed_stamps.append(record.scrape_ts_ms)
+            else:
+                scrapes.append(record)
+        assert sorted(skewed_stamps) == sorted(skewed.sent)
         assert sorted(junk) == sorted(
             [b"{not json at all", b'{"schema": "kube-proxy.samples/v9", "node": "node-001"}'])
         per_scrape = Counter((r.node, r.scrape_ts_ms) for r in scrapes)
@@ -269,7 +298,7 @@ def test_faults_during_one_run_leave_the_store_equal_to_the_golden_run(private_k
             assert gaps == skipped_ticks(procs.log(f"produce-{node}")), (node, gaps)
             assert stamps[0] <= (base - 5) * 1000 and stamps[-1] >= (base + RUN_S - 4) * 1000, node
 
-        golden_sim = ScheduledCluster(NODES, seed=SEED, start=sim_start, schedule=plan)
+        golden_sim = ScheduledCluster(NODES, seed=SEED, start=sim_start, schedule=plan, bursts=bursts(base))
         selector = Selector()
         target = f"http://127.0.0.1:{server.port}/nodes/{{}}/metrics"
         golden_in: list[ScrapeRecord] = []
@@ -358,10 +387,16 @@ def test_faults_during_one_run_leave_the_store_equal_to_the_golden_run(private_k
         timeline.note(f"store holds {sum(len(v) for v in got.values())} points of {len(got)} series "
                       f"(golden: {expected_points} of {len(want)})")
 
-        # -- nothing late; the DLQ holds exactly the garbage, each with a reason
-        late = read_all(connection, f"{prefix}.late")
-        assert late == [], (f"{len(late)} scrape(s) arrived later than the allowed lateness ({LATENESS:g} s); "
-                            f"the broker was away {outage:.0f} s")
+        # -- late: exactly the skewed node's scrapes, as clock_skew; the DLQ holds exactly the
+        # garbage, each with a reason
+        late = [orjson.loads(m.value) for m in read_all(connection, f"{prefix}.late")]
+        others = [(d.get("node"), d.get("scrape_ts_ms"), d.get("reason")) for d in late if d.get("node") != SKEWED]
+        assert not others, (f"{len(others)} scrape(s) of other nodes went to .late (allowed lateness {LATENESS:g} s, "
+                            f"the broker was away {outage:.0f} s): {others[:10]}")
+        # each once or more: a rejection re-read after a worker's kill or stop is sent again
+        rejected = {(d["scrape_ts_ms"], d["reason"]) for d in late}
+        assert rejected == {(ts, "clock_skew") for ts in skewed.sent}, \
+            f"{SKEWED}: {len(skewed.sent)} scrape(s) sent, .late holds {sorted(rejected)[:10]}"
         dlq = read_all(connection, f"{prefix}.dlq")
         letters = [orjson.loads(m.value) for m in dlq]
         stream_letters = sorted(d["error"] for d in letters if d["source"]["topic"] == f"{prefix}.samples")
