@@ -253,21 +253,24 @@ def run_import(kafka, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedP
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 
-    command = [sys.executable, "-m", "kpp", "import", *args, "--kafka-bootstrap", kafka.bootstrap]
+    command = [sys.executable, str(REPO / "tests" / "peak_rss.py"), "kpp", "import", *args,
+               "--kafka-bootstrap", kafka.bootstrap]
+    peak_file = tmp_path / "peak-rss"
     with open(tmp_path / "stdout", "w+b") as out, open(tmp_path / "stderr", "w+b") as err:
         proc = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                preexec_fn=cap)
+                                preexec_fn=cap, env={**os.environ, "PEAK_RSS_FILE": str(peak_file)})
         watchdog = threading.Timer(120, proc.kill)
         watchdog.start()
         try:
-            _pid, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage
+            proc.wait()
         finally:
             watchdog.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         result = subprocess.CompletedProcess(command, proc.returncode, out.read().decode(), err.read().decode())
-    return result, usage.ru_maxrss * 1024
+    # the command's own peak (tests/peak_rss.py): wait4's ru_maxrss would count pytest's memory
+    assert peak_file.exists(), f"the import wrote no peak RSS (killed?): {result.stderr[-2000:]}"
+    return result, int(peak_file.read_text())
 
 
 @pytest.mark.integration

@@ -27,6 +27,7 @@ from tests.conftest import FIXTURES, consume, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 KPP = [sys.executable, "-m", "kpp"]
+PEAK_RSS = [sys.executable, str(Path(__file__).resolve().parents[1] / "peak_rss.py"), "kpp"]
 BODY = (FIXTURES / "v1.28.0-iptables.txt").read_bytes()
 WIDE_SERIES = 20_000
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXRva2Vu.sig-4711"
@@ -112,8 +113,8 @@ def url(server: ThreadingHTTPServer, path: str, userinfo: str = "") -> str:
 
 
 def produce(kafka: KafkaConnection, tmp_path: Path, prefix: str, *args: str,
-            env: dict[str, str] | None = None) -> subprocess.Popen:
-    argv = KPP + ["produce", "--node", "node-h", "--cluster", "hostile", "--topic-prefix", prefix,
+            env: dict[str, str] | None = None, launcher: list[str] | None = None) -> subprocess.Popen:
+    argv = (launcher or KPP) + ["produce", "--node", "node-h", "--cluster", "hostile", "--topic-prefix", prefix,
                   "--spool-dir", str(tmp_path / "spool"), "--kafka-bootstrap", kafka.bootstrap, *args]
     return subprocess.Popen(argv, stdout=open(tmp_path / "produce.log", "ab"), stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})})
@@ -213,12 +214,14 @@ def test_healthz_fails_when_a_target_completes_no_scrape_for_n_intervals(target,
 
 def test_a_nested_gzip_bomb_is_body_too_large_without_inflating(target, kafka, tmp_path) -> None:
     bomb, topic = url(target, "/bomb"), prefix()
-    proc = produce(kafka, tmp_path, topic, "--once", "--max-body-bytes", "1MiB", "--target", bomb, "--listen", "")
-    _, status, usage = os.wait4(proc.pid, 0)  # the producer's own peak memory (the DaemonSet allows 128 MiB)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    peak_file = tmp_path / "peak-rss"
+    # the producer's own peak memory (tests/peak_rss.py; the DaemonSet allows 128 MiB)
+    proc = produce(kafka, tmp_path, topic, "--once", "--max-body-bytes", "1MiB", "--target", bomb, "--listen", "",
+                   env={"PEAK_RSS_FILE": str(peak_file)}, launcher=PEAK_RSS)
+    proc.wait(120)
     log = (tmp_path / "produce.log").read_text()
     assert proc.returncode == 0, log
-    peak_mib = usage.ru_maxrss / 1024
+    peak_mib = int(peak_file.read_text()) / (1 << 20)
     assert peak_mib < 120, f"the producer peaked at {peak_mib:.0f} MiB decoding a 256 MiB bomb"
     (record,) = records(kafka, f"{topic}.samples", expected=1)
     assert record.up == 0 and record.samples == ()
