@@ -49,6 +49,10 @@ BACKOFF_MAX_S = 5.0
 STALL_WARNING_S = 5.0  # a batch unacknowledged this long counts as "Kafka unreachable"
 FAILURES_BEFORE_RECREATE = 2
 BOOTSTRAP_TIMEOUT_MS = 2000  # one connection attempt of the producer constructor
+# ... with a TLS or SASL handshake: on a busy host it can take over 2 s before the broker
+# answers at all, and an attempt cut short never learns that a login was refused (the
+# outage warning then names no cause)
+HANDSHAKE_BOOTSTRAP_TIMEOUT_MS = 5000
 AUTH_CAUSE_ATTEMPTS = 3  # SASL: attempts the outage warning waits for a named cause
 
 
@@ -230,7 +234,8 @@ class Publisher:
     def _create_producer(self) -> Any:
         from kafka import KafkaProducer
 
-        timeout_ms = BOOTSTRAP_TIMEOUT_MS
+        timeout_ms = (HANDSHAKE_BOOTSTRAP_TIMEOUT_MS if self.connection.uses_sasl or self.connection.uses_ssl
+                      else BOOTSTRAP_TIMEOUT_MS)
         if self._stopping.is_set():
             timeout_ms = int(max(100, min(timeout_ms, self._time_left() * 1000)))
         return KafkaProducer(
