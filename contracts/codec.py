@@ -49,3 +49,15 @@ def loads(data: bytes | str) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"not valid JSON: {exc}") from None
+
+
+def check_string_labels(labels: dict, where: str) -> None:
+    """Raise DecodeError unless every label name and value is a string (the stages join and
+    compare them: a number broke a whole cluster window downstream). `where` starts the
+    message, e.g. "samples[3]"."""
+    for name, value in labels.items():
+        if not isinstance(name, str):
+            raise DecodeError(f"{where} label name {name!r} must be a string")
+        if not isinstance(value, str):
+            raise DecodeError(f"{where} label {name!r} must be a string, got {type(value).__name__} "
+                              f"{repr(value)[:100]}")

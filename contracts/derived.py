@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from contracts.codec import DecodeError, dumps, float_from_json, float_to_json, loads
+from contracts.codec import DecodeError, check_string_labels, dumps, float_from_json, float_to_json, loads
 
 KINDS = ("rates", "quantiles", "gauges", "health", "slo")
 SCOPES = ("node", "cluster")
@@ -115,10 +115,5 @@ def _labels(labels: Any) -> dict[str, str]:
     one sink and break another stage; the contract says strings)."""
     if not isinstance(labels, dict):
         raise DecodeError(f"field 'labels' must be an object, got {type(labels).__name__}")
-    for name, value in labels.items():
-        if not isinstance(name, str):
-            raise DecodeError(f"field 'labels': label name {name!r} must be a string")
-        if not isinstance(value, str):
-            raise DecodeError(f"field 'labels': label {name!r} must be a string, got {type(value).__name__} "
-                              f"{repr(value)[:100]}")
+    check_string_labels(labels, "field 'labels':")
     return dict(labels)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple
 
-from contracts.codec import DecodeError, dumps, float_from_json, float_to_json, loads
+from contracts.codec import DecodeError, check_string_labels, dumps, float_from_json, float_to_json, loads
 
 SCRAPE_SCHEMA = "kube-proxy.samples/v1"
 
@@ -130,14 +130,7 @@ def _sample(row: Any, index: int) -> Sample:
     name, labels, value, timestamp_ms = row
     if not isinstance(name, str) or not isinstance(labels, dict):
         raise DecodeError(f"samples[{index}] has a bad name or labels")
-    for label, label_value in labels.items():
-        # Label values are strings (the stages join and compare them): a number here broke a
-        # whole cluster window downstream.
-        if not isinstance(label, str):
-            raise DecodeError(f"samples[{index}] label name {label!r} must be a string")
-        if not isinstance(label_value, str):
-            raise DecodeError(f"samples[{index}] label {label!r} must be a string, got "
-                              f"{type(label_value).__name__} {repr(label_value)[:100]}")
+    check_string_labels(labels, f"samples[{index}]")
     if timestamp_ms is not None and (not isinstance(timestamp_ms, int) or isinstance(timestamp_ms, bool)):
         raise DecodeError(f"samples[{index}] timestamp_ms must be an integer or null")
     try:
