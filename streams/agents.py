@@ -27,6 +27,7 @@ from contracts.dlq import dlq_key
 from contracts.kafka import KafkaConnection
 from streams.app import TABLES
 from streams.config import StreamSettings
+from streams.selfmetrics import HEARTBEAT_S, StreamMetrics
 from streams.stages import ClusterStage, NodeStage, dead_letter
 
 log = logging.getLogger("kpp.stream")
@@ -151,6 +152,9 @@ def wire(app: faust.App, settings: StreamSettings, connection: KafkaConnection) 
     node_stage = NodeStage(settings, ChangelogTable(node_table, started_producer), send)
     cluster_stage = ClusterStage(settings, ChangelogTable(cluster_table, started_producer), send)
     skipped = SkippedRecords(connection)
+    # the worker's /metrics, served by `kpp stream --listen` (streams/cli.py)
+    app.self_metrics = metrics = StreamMetrics(samples_topic=topics.samples)
+    node_stage.metrics = cluster_stage.metrics = metrics
 
     async def read_skipped(stage_name: str, stage, msg) -> list[tuple[int, bytes | None, bytes]]:
         """The records of msg's partition between the stage's state and msg (usually none)."""
@@ -169,6 +173,7 @@ def wire(app: faust.App, settings: StreamSettings, connection: KafkaConnection) 
 
     async def to_dlq(stage_name: str, stage, event: faust.EventT, exc: BaseException) -> None:
         msg = event.message
+        metrics.dead_lettered("stage_error")
         log.error("%s stage failed on %s[%d]@%d: %s", stage_name, msg.topic, msg.partition, msg.offset,
                   "".join(traceback.format_exception_only(type(exc), exc)).strip())
         # through the stage's outbox: delivered before the batch is acknowledged
@@ -197,6 +202,7 @@ def wire(app: faust.App, settings: StreamSettings, connection: KafkaConnection) 
     @app.agent(samples_in, name="kpp-node-stage")
     async def node_agent(stream):
         async for events in stream.noack_take(BATCH_MAX, within=BATCH_WITHIN):
+            started = time.perf_counter()
             for event in events:
                 msg = event.message
                 try:
@@ -210,10 +216,12 @@ def wire(app: faust.App, settings: StreamSettings, connection: KafkaConnection) 
                     await to_dlq("node", node_stage, event, exc)
             await flush("node", node_stage)
             await acknowledge(stream, events)
+            metrics.batch_done("node", events, started)
 
     @app.agent(partials_in, name="kpp-cluster-stage")
     async def cluster_agent(stream):
         async for events in stream.noack_take(BATCH_MAX, within=BATCH_WITHIN):
+            started = time.perf_counter()
             for event in events:
                 msg = event.message
                 try:
@@ -224,6 +232,7 @@ def wire(app: faust.App, settings: StreamSettings, connection: KafkaConnection) 
                     await to_dlq("cluster", cluster_stage, event, exc)
             await flush("cluster", cluster_stage)
             await acknowledge(stream, events)
+            metrics.batch_done("cluster", events, started)
 
     tick_every = max(0.5, min(5.0, settings.idle_timeout_s / 4))
     unassigned = {"since": time.monotonic(), "warned": False}
@@ -247,6 +256,11 @@ def wire(app: faust.App, settings: StreamSettings, connection: KafkaConnection) 
         for part in node_stage.idle_partitions(assigned):
             if node_stage.tick_due(part):
                 await outputs[settings.ticks_topic].send(value=b"{}", partition=part)
+
+    @app.timer(interval=HEARTBEAT_S)
+    async def self_metrics_heartbeat() -> None:
+        # apart from idle_ticks, whose sends may wait on a broker that is down
+        metrics.heartbeat(node_stage, cluster_stage, app.consumer.assignment())
 
     return {"node_stage": node_stage, "cluster_stage": cluster_stage, "node_agent": node_agent,
             "cluster_agent": cluster_agent}

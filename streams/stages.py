@@ -42,6 +42,7 @@ from contracts.dlq import dlq_key
 from streams import aggregate, cluster, node_state, partition, statecodec
 from streams.config import StreamSettings
 from streams.decode import fast_decode
+from streams.selfmetrics import NO_METRICS
 
 log = logging.getLogger("kpp.stream")
 #: One DEBUG line per scrape event (`kpp stream --trace-scrapes`): which partition, offset and
@@ -261,6 +262,7 @@ class NodeStage:
         self.batch = 0  # batches flushed by this instance (named in the scrape trace)
         self.stats = {"scrapes": 0, "late": 0, "dlq": 0, "duplicates": 0, "replayed": 0, "state_too_large": 0,
                       partition.CLOCK_SKEW: 0, partition.TOO_OLD: 0}
+        self.metrics = NO_METRICS  # the worker's /metrics (streams/selfmetrics.py)
 
     # -- events ----------------------------------------------------------------------
 
@@ -306,6 +308,7 @@ class NodeStage:
             record = fast_decode(value)
         except DecodeError as exc:
             self.stats["dlq"] += 1
+            self.metrics.dead_lettered("malformed")
             await out.put(self.topics.dlq, dlq_key(key), dead_letter(
                 "malformed", self.topics.samples, part, offset, key, value, stage="node", error=str(exc)), None)
             pkey = f"partition:{part}"
@@ -334,6 +337,7 @@ class NodeStage:
             if late is not None:
                 reason, detail = late
                 self.stats["late"] += 1
+                self.metrics.late(reason)
                 if reason != partition.WINDOW_CLOSED:
                     self._reject(record.node, reason, detail, part, offset, pstate, nstate)
                 await out.put(self.topics.late, record.key, dumps({
@@ -387,6 +391,7 @@ class NodeStage:
         to the DLQ (reason state_too_large) instead of into the state, which stays as it was."""
         self.stats["dlq"] += 1
         self.stats["state_too_large"] += 1
+        self.metrics.dead_lettered("state_too_large")
         error = (f"node {node!r}: with this scrape its state would be {size} bytes encoded, over the "
                  f"{statecodec.MAX_VALUE_BYTES} bytes a changelog record may hold")
         log.error("scrape at %s[%d]@%d dead-lettered: %s", self.topics.samples, part, offset, error)
@@ -438,6 +443,13 @@ class NodeStage:
         """An idle tick for `part` (in a batch): if it is still idle, close everything it has open."""
         if part not in self.idle_partitions(set(self.last_event) | {part}):
             return
+        await self.close_idle(part)
+
+    async def close_idle(self, part: int) -> None:
+        """Declare `part` idle now, whatever the wall clock says (in a batch; persisted by the
+        next `flush`): close every window it has open, up to the one holding its newest
+        scrape, and tell the cluster stage. What a tick does after idle_timeout; a replay or
+        a test calls it when its data ends. Nothing happens when the partition is idle already."""
         pkey = f"partition:{part}"
         pstate = self.cache.get(pkey)
         if pstate is None:
@@ -449,6 +461,13 @@ class NodeStage:
         await self._close(self.out, part, pstate, due, idle=True)
         self.cache.put(part, pkey, pstate)
         log.info("partition %d idle for %.0f s: closed %d window(s)", part, self.settings.idle_timeout_s, len(due))
+
+    async def finish(self) -> None:
+        """End of data: close every partition's remaining windows as after an idle timeout,
+        flushing after each partition."""
+        for part in range(self.settings.partitions):
+            await self.close_idle(part)
+            await self.flush()
 
     # -- closing ---------------------------------------------------------------------
 
@@ -476,6 +495,7 @@ class NodeStage:
                     pstate["nodes"].remove(node)
                     gone.add(node)
             partition.mark_closed(pstate, size, start)
+            self.metrics.window_closed("node", size, start)
             if trace_log.isEnabledFor(logging.DEBUG):
                 trace_log.debug("window %d+%d s closed on partition %d (%s) batch %d", start, size // 1000, part,
                                 "idle" if idle else "watermark", self.batch)
@@ -517,6 +537,7 @@ class ClusterStage:
         self.started = clock()
         self.heard: dict[int, float] = {}
         self.stats = {"partials": 0, "late": 0, "dlq": 0, "windows": 0, "replayed": 0}
+        self.metrics = NO_METRICS  # the worker's /metrics (streams/selfmetrics.py)
 
     def silent(self) -> list[int]:
         now = self.clock()
@@ -558,6 +579,7 @@ class ClusterStage:
             src = int(msg["src"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             self.stats["dlq"] += 1
+            self.metrics.dead_lettered("malformed")
             await out.put(self.topics.dlq, dlq_key(key), dead_letter(
                 "malformed", self.settings.cluster_partials_topic, q, offset, key, value, stage="cluster",
                 error=f"bad cluster partial: {exc!r}"), None)
@@ -573,6 +595,7 @@ class ClusterStage:
                 self.stats["replayed"] += 1
             elif reason is not None:
                 self.stats["late"] += 1
+                self.metrics.late(partition.WINDOW_CLOSED)
                 await out.put(self.topics.late, key, dumps({
                     "reason": partition.WINDOW_CLOSED, "detail": reason, "stage": "cluster",
                     "topic": self.settings.cluster_partials_topic,
@@ -594,4 +617,5 @@ class ClusterStage:
             for k in keys:
                 cache.delete(q, k)  # written after the outputs were acknowledged
             self.stats["windows"] += 1
+            self.metrics.window_closed("cluster", size, start)
         cache.put(q, ikey, index)
