@@ -132,10 +132,8 @@ async def _run(settings, messages, crash_at, seed, max_rewind, batch):
     async def finish() -> None:
         while await step():
             pass
-        clock.now += settings.idle_timeout_s + 1
         for p in range(settings.partitions):
-            node.last_event.setdefault(p, 0.0)
-            await node.tick(p)
+            await node.close_idle(p)
             await flush("n")
         while await step():
             pass

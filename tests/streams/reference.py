@@ -107,10 +107,7 @@ async def _run(settings, messages, seed, finish_idle, tables, first_offset, batc
     if batch is not None:
         await cluster.flush()
     if finish_idle:
-        clock.now += settings.idle_timeout_s + 1
-        for p in range(settings.partitions):
-            node.last_event.setdefault(p, 0.0)
-            await node.on_tick(p)
+        await node.finish()
         await drain_cluster(all_=True)
         if batch is not None:
             await cluster.flush()

@@ -236,3 +236,40 @@ def test_fast_decode_equals_the_contract_decoder():
         assert got_record == want
         assert got_record.encode() == want.encode()
         assert [type(s.value) for s in got_record.samples] == [type(s.value) for s in want.samples]
+
+
+# -- end of data without a wall clock --------------------------------------------------------
+
+def test_close_idle_and_finish_close_open_windows_without_a_clock():
+    """close_idle(partition) closes what a partition has open at once (no idle timeout, no
+    clock), idle marker included; finish() does it for every partition, flushed: a run ending
+    with finish() equals the reference's end of data."""
+    import asyncio
+
+    from streams.stages import NodeStage
+    from tests.streams.reference import recording_send
+
+    records = scrape_records(nodes=3, minutes=2)
+    sent, partials = [], {0: [], 1: []}
+
+    async def run():
+        frozen = lambda: 0.0  # noqa: E731 - a wall clock that never moves
+        stage = NodeStage(S, {}, recording_send(S, sent, partials), clock=frozen)
+        for offset, r in enumerate(records):
+            await stage.on_sample(0, offset, r.key, r.encode())
+        open_before = len(sent)
+        await stage.close_idle(0)
+        await stage.flush()
+        closed_now = len(sent) - open_before
+        again = len(sent)
+        await stage.finish()
+        return stage, closed_now, len(sent) - again
+
+    stage, closed_now, after_finish = asyncio.run(run())
+    # the 60 s window holding the last scrapes and the 300 s window: closed, health records out
+    healths = [r for r in decoded(sent, "health") if r.window_end_ms > records[-1].scrape_ts_ms]
+    assert closed_now > 0 and {r.window_size_s for r in healths} == {60, 300}
+    assert after_finish == 0  # partition 0 idle already; partition 1 had nothing open
+    markers = [json.loads(v) for q in (0, 1) for _k, v in partials[q] if json.loads(v)["type"] == "progress"]
+    assert markers[-1]["idle"] and {m["src"] for m in markers if m["idle"]} == {0, 1}
+    assert json.loads(stage.table["partition:1"])["idle"] is True
