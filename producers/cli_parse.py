@@ -15,13 +15,9 @@ import os
 import sys
 from typing import BinaryIO
 
-import orjson
-
-from contracts.codec import float_to_json
-from producers.parser import ParseError, parse
+from producers.parser import ParseError, parse_json_lines
 
 STDIN = "-"
-_CHUNK_SAMPLES = 4096  # samples encoded per write: large writes, bounded memory
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,15 +46,10 @@ def _read(path: str) -> bytes:
 
 
 def _write_samples(text: str, out: BinaryIO) -> None:
-    dumps = orjson.dumps
-    newline = orjson.OPT_APPEND_NEWLINE
-    samples = parse(text)
-    for start in range(0, len(samples), _CHUNK_SAMPLES):
-        out.write(b"".join([
-            dumps({"name": name, "labels": labels, "value": float_to_json(value),
-                   "timestamp_ms": timestamp_ms}, option=newline)
-            for name, labels, value, timestamp_ms in samples[start:start + _CHUNK_SAMPLES]
-        ]))
+    # The whole file is parsed (and encoded) before anything is written: a broken file prints
+    # nothing. Each chunk is one large write.
+    for chunk in parse_json_lines(text):
+        out.write(chunk)
 
 
 def _error(message: str) -> int:

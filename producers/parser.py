@@ -4,6 +4,7 @@ Public API::
 
     parse(text: str) -> list[Sample]
     parse_families(text: str) -> ParseResult      # samples + TYPE/HELP per family
+    parse_json_lines(text: str) -> list[bytes]    # the samples as `kpp parse` prints them
     Sample(name, labels, value, timestamp_ms)     # a NamedTuple
     ParseError(KppError)                          # .line_number (1-based), .reason
 
@@ -44,6 +45,9 @@ import re
 from collections.abc import Iterator
 from typing import NamedTuple
 
+import orjson
+
+from contracts.codec import float_to_json
 from contracts.errors import KppError
 from contracts.records import Sample  # the one definition every stage shares
 
@@ -56,6 +60,7 @@ __all__ = [
     "clear_caches",
     "parse",
     "parse_families",
+    "parse_json_lines",
 ]
 
 METRIC_TYPES: frozenset[str] = frozenset({"counter", "gauge", "histogram", "summary", "untyped"})
@@ -475,6 +480,27 @@ def _parse_head_fast(head: str, names: dict[str, str],
     return name, labels
 
 
+def _meta_line(line: str, lineno: int, types: dict[str, str], helps: dict[str, str],
+               sampled: set[str]) -> None:
+    """A line starting with '#'. "# TYPE name type" / "# HELP name text" as exporters write
+    them are taken here; anything unusual (and every error) is left to _parse_meta."""
+    keyword = line[:7]
+    if keyword == "# TYPE ":
+        raw, _, kind = line[7:].partition(" ")
+        name = _METRIC_NAMES.get(raw) or _known_metric_name(raw)
+        if name is not None and kind in METRIC_TYPES and name not in types and name not in sampled:
+            types[name] = kind
+            return
+    elif keyword == "# HELP ":
+        raw, _, doc = line[7:].partition(" ")
+        name = _METRIC_NAMES.get(raw) or _known_metric_name(raw)
+        if (name is not None and name not in helps and "\\" not in doc
+                and doc[:1] not in _BLANKS and doc[-1:] not in _BLANKS):
+            helps[name] = doc  # an empty doc fails the blank test: slow path
+            return
+    _parse_meta(line, lineno, types, helps, sampled)
+
+
 _new_sample = tuple.__new__  # skips Sample.__new__'s Python frame: ~2x faster construction
 
 
@@ -502,7 +528,6 @@ def _parse_lines(text: str, fast: bool) -> ParseResult:
     label_names = _LABEL_NAMES
     numeric = _NUMERIC_CHARS
     fast_specials = _FAST_SPECIALS
-    metric_types = METRIC_TYPES
     inf, ninf = _INF, _NINF
     new, sample_type = _new_sample, Sample
     series = _SERIES
@@ -514,24 +539,9 @@ def _parse_lines(text: str, fast: bool) -> ParseResult:
             continue
         if line[0] == "#":
             if fast:
-                # "# TYPE name type" / "# HELP name text" as exporters write them; anything
-                # unusual (and every error) is left to _parse_meta.
-                keyword = line[:7]
-                if keyword == "# TYPE ":
-                    raw, _, kind = line[7:].partition(" ")
-                    name = names.get(raw) or _known_metric_name(raw)
-                    if (name is not None and kind in metric_types and name not in types
-                            and name not in sampled):
-                        types[name] = kind
-                        continue
-                elif keyword == "# HELP ":
-                    raw, _, doc = line[7:].partition(" ")
-                    name = names.get(raw) or _known_metric_name(raw)
-                    if (name is not None and name not in helps and "\\" not in doc
-                            and doc[:1] not in _BLANKS and doc[-1:] not in _BLANKS):
-                        helps[name] = doc  # an empty doc fails the blank test: slow path
-                        continue
-            _parse_meta(line, lineno, types, helps, sampled)
+                _meta_line(line, lineno, types, helps, sampled)
+            else:
+                _parse_meta(line, lineno, types, helps, sampled)
             continue
         if fast:
             # The shapes exporters write: `name value`, `name{l="v",...} value`, each optionally
@@ -588,3 +598,166 @@ def _parse_lines(text: str, fast: bool) -> ParseResult:
         append(new(sample_type, (name, labels, value, timestamp)))
 
     return ParseResult(samples, types, helps, family_of)
+
+
+# --------------------------------------------------------------------------------------------
+# Straight to JSON lines (`kpp parse`)
+
+# Label sets of the simple shape, keyed by their text with the values cut out (`body.split('"')`
+# taken every other piece: ('le=', ',replica=', '') for le="1",replica="a") -> the JSON text
+# that goes around the values ('{"le":"', '","replica":"', '"}').
+_LABEL_SHAPES: dict[tuple[str, ...], tuple[str, ...]] = {}
+_JSON_SPECIALS: dict[str, str] = {"NaN": "NaN", "+Inf": "+Inf", "-Inf": "-Inf", "Inf": "+Inf"}
+_NULL_TAIL = ',"timestamp_ms":null}\n'
+_JSON_CHUNK = 8192  # lines encoded at a time: few large strings, bounded intermediate lists
+
+
+def _label_shape(shape: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The JSON around the values of a label set of `shape`, if `shape` is `name=`, then
+    `,name=` pieces, then '' (no trailing comma) with valid, distinct, not reserved names;
+    else None (the careful tokenizer takes the line)."""
+    if len(shape) < 2 or shape[-1] != "":
+        return None
+    labels = []
+    for index, piece in enumerate(shape[:-1]):
+        if index and piece[:1] != ",":
+            return None
+        label = piece[1 if index else 0:-1]
+        if (piece[-1:] != "=" or _LABEL_NAME_RE.fullmatch(label) is None or label.startswith("__")
+                or label in labels):
+            return None
+        labels.append(label)
+    # label names are [a-zA-Z0-9_]: nothing in them to escape
+    around = ('{"' + labels[0] + '":"', *('","' + label + '":"' for label in labels[1:]), '"}')
+    if len(_LABEL_SHAPES) >= _SERIES_LIMIT:
+        _LABEL_SHAPES.clear()
+    _LABEL_SHAPES[shape] = around
+    return around
+
+
+def _json_tail(timestamp_ms: int | None) -> str:
+    return _NULL_TAIL if timestamp_ms is None else f',"timestamp_ms":{timestamp_ms}}}\n'
+
+
+def _json_chunk(heads: list[str], values: list[float | str], tails: list[str]) -> bytes:
+    # One orjson call formats every value of the chunk exactly as it formats a single one;
+    # no JSON number or special-value string contains a comma.
+    formatted = orjson.dumps(values)[1:-1].decode().split(",")
+    parts: list[str] = [""] * (3 * len(heads))
+    parts[0::3] = heads
+    parts[1::3] = formatted
+    parts[2::3] = tails
+    return "".join(parts).encode()
+
+
+def parse_json_lines(text: str) -> list[bytes]:
+    """The samples of `text` as JSON lines, in chunks of bytes: one
+    ``{"name", "labels", "value", "timestamp_ms"}`` object per sample and line, exactly what
+    ``orjson.dumps({...}, option=OPT_APPEND_NEWLINE)`` writes for each `parse()` sample with
+    `float_to_json(value)`. Accepts, rejects and fails (ParseError) exactly as `parse()`.
+
+    Built for `kpp parse` of large files: a line of the simple shape (no escapes, printable
+    label values) becomes its JSON text by string operations on the line, with no Sample,
+    labels dict or per-sample encoder call; every other line goes through the careful
+    tokenizer and orjson."""
+    if not gc.isenabled():
+        return _json_lines(text)
+    gc.disable()
+    try:
+        return _json_lines(text)
+    finally:
+        gc.enable()
+
+
+def _json_lines(text: str) -> list[bytes]:
+    chunks: list[bytes] = []
+    heads: list[str] = []
+    values: list[float | str] = []
+    tails: list[str] = []
+    types: dict[str, str] = {}
+    helps: dict[str, str] = {}
+    family_of: dict[str, str] = {}
+    sampled: set[str] = set()
+    prefixes: dict[str, str] = {}  # metric name -> '{"name":"<name>","labels":'
+    names = _METRIC_NAMES
+    shapes = _LABEL_SHAPES
+    numeric = _NUMERIC_CHARS
+    specials = _JSON_SPECIALS
+    inf, ninf = _INF, _NINF
+    null_tail = _NULL_TAIL
+
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line:
+            continue
+        if line[0] == "#":
+            _meta_line(line, lineno, types, helps, sampled)
+            continue
+        try:
+            head, _, token = line.rpartition(" ")
+            tail = null_tail
+            if head[-1] != "}" and " " in head:  # `... value timestamp`
+                if not (token.isascii() and token.isdigit()) or len(token) > 18:
+                    raise _SLOW
+                tail = f',"timestamp_ms":{int(token)}}}\n'
+                head, _, token = head.rpartition(" ")
+            if head[-1] == "}":
+                brace = head.find("{")
+                if brace < 0:
+                    raise _SLOW
+                raw_name = head[:brace]
+                body = head[brace + 1:-1]
+                if not body:
+                    labels = "{}"
+                else:
+                    if "\\" in body or not body.isprintable():
+                        raise _SLOW  # escapes, or characters JSON must escape
+                    pieces = body.split('"')
+                    if not len(pieces) & 1:
+                        raise _SLOW  # an odd number of quotes
+                    shape = tuple(pieces[0::2])
+                    around = shapes.get(shape) or _label_shape(shape)
+                    if around is None:
+                        raise _SLOW
+                    pieces[0::2] = around
+                    labels = "".join(pieces)
+            else:
+                raw_name = head
+                labels = "{}"
+            prefix = prefixes.get(raw_name)
+            if prefix is None:
+                name = names.get(raw_name) or _new_metric_name(raw_name)
+                prefix = prefixes[name] = '{"name":"' + name + '","labels":'
+            if token.isdigit() and token.isascii() and len(token) < 309:
+                value: float | str = float(token)
+            elif not token.strip(numeric):
+                value = float(token)
+                if value == inf or value == ninf:
+                    raise _SLOW
+            else:
+                value = specials[token]
+        except (_Slow, KeyError, ValueError, IndexError):
+            result = _parse_line_slow(line, lineno)
+            if result is None:
+                continue
+            if result is _COMMENT:
+                _parse_meta(line.lstrip(_BLANKS), lineno, types, helps, sampled)
+                continue
+            raw_name, label_dict, number, timestamp = result  # type: ignore[misc]
+            prefix = prefixes.get(raw_name)
+            if prefix is None:
+                prefix = prefixes[raw_name] = '{"name":"' + raw_name + '","labels":'
+            labels = orjson.dumps(label_dict).decode()
+            value = float_to_json(number)
+            tail = _json_tail(timestamp)
+        if raw_name not in family_of:
+            family = family_of[raw_name] = _family(raw_name, types)
+            sampled.add(family)
+        heads.append(prefix + labels + ',"value":')
+        values.append(value)
+        tails.append(tail)
+        if len(heads) >= _JSON_CHUNK:
+            chunks.append(_json_chunk(heads, values, tails))
+            heads, values, tails = [], [], []
+    if heads:
+        chunks.append(_json_chunk(heads, values, tails))
+    return chunks

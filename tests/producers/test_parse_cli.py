@@ -123,3 +123,25 @@ def test_unreadable_input_is_a_clear_error(tmp_path: Path, make: str) -> None:
     assert "Traceback" not in message and message.count("\n") == 1
     if make == "not-utf8":
         assert f"{path}:2: not valid UTF-8" in message
+
+
+def test_parse_starts_without_the_client_libraries() -> None:
+    """`kpp parse` loads only its own module: the Kafka, Faust and HTTP clients the other
+    subcommands import cost more start-up than parsing a scrape-sized file."""
+    probe = ("import sys\nfrom kpp.cli import main\n"
+             f"code = main(['parse', {str(CAPTURE)!r}])\nsys.stdout.flush()\n"
+             "loaded = sorted(m for m in ('kafka', 'aiokafka', 'faust', 'httpx', 'streams', 'sinks')"
+             " if m in sys.modules)\n"
+             "print(code, ','.join(loaded) or '-', file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=60, check=False)
+    assert result.stderr.decode().strip() == "0 -"
+    assert result.stdout == kpp_parse(str(CAPTURE)).stdout
+
+
+def test_other_subcommands_still_listed_and_parse_options_unchanged() -> None:
+    listed = subprocess.run([str(KPP), "--help"], capture_output=True, timeout=60, check=False)
+    assert b"parse" in listed.stdout and b"stream" in listed.stdout and b"produce" in listed.stdout
+    missing = subprocess.run([str(KPP), "--log-level", "ERROR", "parse"], capture_output=True,
+                             timeout=60, check=False)
+    assert missing.returncode == 2
+    assert b"kpp parse: error: the following arguments are required: FILE" in missing.stderr

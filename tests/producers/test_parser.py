@@ -9,14 +9,16 @@ import pickle
 import re
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from contracts.codec import float_to_json
 from contracts.errors import KppError
 from producers import parser as parser_module
-from producers.parser import ParseError, Sample, parse, parse_families
+from producers.parser import ParseError, Sample, parse, parse_families, parse_json_lines
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "kube-proxy"
 CAPTURES = sorted(FIXTURES.glob("*.txt"))
@@ -254,6 +256,7 @@ def test_generated_expositions_match_prometheus_client(case) -> None:
     assert result.types == types
     assert result.helps == helps
     assert_same_outcome(text)
+    assert_same_json(text)
 
 
 # Random line soup from the format's own characters: mostly invalid, sometimes valid. Whatever
@@ -276,11 +279,75 @@ _LINE = st.one_of(
 @given(st.lists(_LINE, max_size=5).map("\n".join))
 def test_fast_path_agrees_with_careful_tokenizer(text: str) -> None:
     assert_same_outcome(text)
+    assert_same_json(text)
     try:
         ours = parse(text)
     except ParseError:
         return
     assert our_samples(ours) == reference_samples(text)
+
+
+# --------------------------------------------------------------------------------------------
+# parse_json_lines: `kpp parse`'s output, built without a Sample per line, must be byte for byte
+# what encoding every parse() sample with orjson gives (the command's output before it existed)
+
+def json_reference(text: str) -> bytes:
+    return b"".join(orjson.dumps({"name": s.name, "labels": s.labels, "value": float_to_json(s.value),
+                                  "timestamp_ms": s.timestamp_ms}, option=orjson.OPT_APPEND_NEWLINE)
+                    for s in parse(text))
+
+
+def assert_same_json(text: str) -> None:
+    """parse_json_lines == json_reference, or both fail with the same line and reason."""
+    try:
+        expected = json_reference(text)
+    except ParseError as exc:
+        with pytest.raises(ParseError) as caught:
+            parse_json_lines(text)
+        assert (caught.value.line_number, caught.value.reason) == (exc.line_number, exc.reason)
+        return
+    assert b"".join(parse_json_lines(text)) == expected
+
+
+def replicated(text: str, replicas: int) -> str:
+    """Every sample line of `text` once per replica, with a `replica` label added last."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            out.append(line)
+            continue
+        head, _, rest = line.partition(" ")
+        for replica in range(replicas):
+            label = f'replica="{replica}"'
+            out.append(f"{head[:-1]},{label}}} {rest}" if head.endswith("}") else f"{head}{{{label}}} {rest}")
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.parametrize("path", CAPTURES, ids=lambda p: p.name)
+def test_json_lines_of_captures_are_the_encoded_samples(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert_same_json(text)
+    # more samples than one encoded chunk, as in the benchmark's replicated capture
+    big = replicated(text, 80)
+    assert len(parse(big)) > parser_module._JSON_CHUNK
+    assert_same_json(big)
+
+
+# Label values of the simple shape (no quote, backslash or newline) with the characters an
+# encoder might escape: non-ASCII, HTML-ish, DEL, Unicode line separators, control characters.
+_SIMPLE_VALUES = st.text(alphabet=st.characters(codec="utf-8", exclude_characters='"\\\n'),
+                         max_size=12) | st.sampled_from(["<>&/'", "\x7f", "\u2028", "\t", "\x00",
+                                                          "日本", "\ufeff", "} 1", "a,b=c"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b_c", "x:y"]), _SIMPLE_VALUES, _SIMPLE_VALUES,
+                          st.sampled_from(["1", "0", "-0", "1e+06", "0.001", "NaN", "+Inf", "Inf",
+                                           "-Inf", "123456789012345678901234567890", "1 1700000000123",
+                                           "2 -5", "3 007"])),
+                max_size=6))
+def test_json_lines_of_simple_label_values_match(lines) -> None:
+    assert_same_json("\n".join(f'{name}{{a="{v1}",b="{v2}"}} {value}' for name, v1, v2, value in lines))
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,6 +378,7 @@ def test_fast_path_agrees_with_careful_tokenizer(text: str) -> None:
 def test_edge_cases_match_prometheus_client(text: str) -> None:
     assert our_samples(parse(text)) == reference_samples(text)
     assert_same_outcome(text)
+    assert_same_json(text)
     helps = parse_families(text).helps
     for family in text_string_to_metric_families(text):
         if family.name in helps or family.documentation:
@@ -394,6 +462,7 @@ def test_errors_name_line_and_cause(line: str, fragment: str) -> None:
     assert fragment in error.reason
     assert str(error) == f"line 4: {error.reason}"
     assert_same_outcome(text)
+    assert_same_json(text)
 
 
 @pytest.mark.parametrize("text, line_number, fragment", [
@@ -409,6 +478,7 @@ def test_errors_depending_on_earlier_lines(text: str, line_number: int, fragment
     assert caught.value.line_number == line_number
     assert fragment in caught.value.reason
     assert_same_outcome(text)
+    assert_same_json(text)
 
 
 def test_parse_error_is_a_kpp_error_and_picklable() -> None:
