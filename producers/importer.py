@@ -42,6 +42,7 @@ import orjson
 from contracts.codec import DecodeError, float_from_json
 from contracts.errors import ConfigError
 from contracts.kafka import KafkaConnection
+from contracts.topic_admin import TopicSpec, ensure_topics
 from contracts.records import Sample, ScrapeRecord
 from contracts.terminal import excerpt
 from producers.archive import INDEX, line_problem, line_value
@@ -450,21 +451,11 @@ def messages(planned: list[tuple[Path, str]], identity: Identity, stats: ImportS
 # -- publishing ----------------------------------------------------------------------------------
 
 def ensure_topic(connection: KafkaConnection, topic: str, partitions: int) -> None:
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    admin = KafkaAdminClient(**connection.kafka_python_kwargs(), client_id="kpp-import-setup")
-    try:
-        if topic not in set(admin.list_topics()):
-            try:
-                # Kafka deletes by message timestamp: history older than retention.ms (7 days by
-                # default) would be gone at the next retention check.
-                admin.create_topics([NewTopic(topic, partitions, 1, topic_configs={"retention.ms": "-1"})])
-                log.info("created %s with %d partition(s)", topic, partitions)
-            except TopicAlreadyExistsError:
-                pass
-    finally:
-        admin.close()
+    # Kafka deletes by message timestamp: history older than retention.ms (7 days by default)
+    # would be gone at the next retention check.
+    spec = TopicSpec(topic, partitions, {"retention.ms": "-1"})
+    if ensure_topics(connection, [spec], client_id="kpp-import-setup").created:
+        log.info("created %s with %d partition(s)", topic, partitions)
 
 
 def import_files(connection: KafkaConnection, topic: str, paths: Iterable[str], identity: Identity, *,

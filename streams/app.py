@@ -4,11 +4,13 @@ streams/agents.py, the logic in the pure modules)."""
 from __future__ import annotations
 
 import os
+from typing import Mapping
 
 import faust
 
-from contracts.errors import ConfigError
 from contracts.kafka import KafkaConnection
+from contracts.topic_admin import TopicSpec
+from contracts.topic_admin import ensure_topics as ensure_pipeline_topics
 from streams.config import StreamSettings
 
 
@@ -26,38 +28,23 @@ def owned_topics(settings: StreamSettings) -> list[str]:
             *topics.derived()]
 
 
-def ensure_topics(settings: StreamSettings, connection: KafkaConnection) -> None:
-    """Create the topics this stage reads and writes with `partitions` partitions before Faust
-    subscribes (Faust ignores a subscribed topic that does not exist yet until the next
-    rebalance), and refuse a samples topic whose partition count differs: the node state,
-    the watermarks and the tick topic are co-partitioned with it."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+def topic_specs(settings: StreamSettings, config: Mapping[str, str] | None = None) -> list[TopicSpec]:
+    """Every topic this stage reads and writes, with `partitions` partitions. The samples topic,
+    the cluster partials and the tick topic are co-partitioned with the node state and the
+    watermarks, and so are the tables' changelogs (Faust creates those; one left by an earlier
+    run with another count would make every event fail): another count is refused."""
+    co_partitioned = {settings.topics.samples, settings.cluster_partials_topic, settings.ticks_topic}
+    specs = [TopicSpec(name, settings.partitions, dict(config or {}), same_partitions=name in co_partitioned)
+             for name in owned_topics(settings)]
+    specs += [TopicSpec(f"{app_id(settings)}-{table}-changelog", settings.partitions, create=False,
+                        same_partitions=True) for table in TABLES]
+    return specs
 
-    admin = KafkaAdminClient(**connection.kafka_python_kwargs(), client_id="kpp-stream-setup")
-    try:
-        existing = set(admin.list_topics())
-        missing = [name for name in owned_topics(settings) if name not in existing]
-        if missing:
-            try:
-                admin.create_topics([NewTopic(name, settings.partitions, 1) for name in missing])
-            except TopicAlreadyExistsError:
-                pass  # another worker was quicker
-        # The tables' changelogs too: a changelog left by an earlier run with another partition
-        # count would make every event fail (Faust's PartitionsMismatch), not the start-up.
-        changelogs = [name for name in (f"{app_id(settings)}-{table}-changelog" for table in TABLES)
-                      if name in existing]
-        described = admin.describe_topics([settings.topics.samples, settings.cluster_partials_topic,
-                                           settings.ticks_topic, *changelogs])
-    finally:
-        admin.close()
-    for topic in described:
-        count = len(topic.get("partitions") or ())
-        if count and count != settings.partitions:
-            name = topic.get("name") or topic.get("topic")  # kafka-python 3 says "name"
-            raise ConfigError(f"topic {name!r} has {count} partitions but --partitions is "
-                              f"{settings.partitions}: they must be equal (co-partitioned state); "
-                              "start with the matching --partitions, or delete the topic")
+
+def ensure_topics(settings: StreamSettings, connection: KafkaConnection) -> None:
+    """Create the topics before Faust subscribes (Faust ignores a subscribed topic that does not
+    exist yet until the next rebalance) and refuse co-partitioned ones with another count."""
+    ensure_pipeline_topics(connection, topic_specs(settings), client_id="kpp-stream-setup")
 
 
 def create_app(settings: StreamSettings, connection: KafkaConnection) -> faust.App:

@@ -75,10 +75,14 @@ class Message(NamedTuple):
     value: bytes
 
 
-def _frozen_clock() -> float:
-    """Wall clock of the stages: frozen, so that no partition is ever idle or silent by the
-    time a replay takes (partitions are declared idle with NodeStage.close_idle / finish)."""
-    return 1000.0
+class _FakeClock:
+    """Wall clock of the stages: frozen, advanced only to declare partitions idle at the end."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @dataclass
@@ -146,7 +150,7 @@ class Replayer:
         self._side = {topics.late: ("late", target.late), topics.dlq: ("dlq", target.dlq)}
         self._queues: dict[int, deque] = defaultdict(deque)
         self._cluster_offsets: dict[int, int] = defaultdict(int)
-        self.clock = _frozen_clock
+        self.clock = _FakeClock()
         self.trusted_ms = 0  # the trusted clock of the scrape being fed (see the module docstring)
         self.node = NodeStage(settings, {}, self._send, clock=self.clock, trusted_clock_ms=lambda: self.trusted_ms)
         self.cluster = ClusterStage(settings, {}, self._send, clock=self.clock)
@@ -210,9 +214,10 @@ class Replayer:
         empty = sorted(set(empty_partitions))
         if not empty:
             return
+        self.clock.now += self.settings.idle_timeout_s + 1
         for p in empty:
-            await self.node.close_idle(p)
-            await self.node.flush()
+            self.node.last_event.setdefault(p, 0.0)
+            await self.node.on_tick(p)
         await self._drain_cluster()
 
     async def feed(self, msg: Message) -> None:
@@ -228,7 +233,10 @@ class Replayer:
 
     async def finish(self) -> ReplayStats:
         """End of data: close every partition's remaining windows, as after an idle timeout."""
-        await self.node.finish()
+        self.clock.now += self.settings.idle_timeout_s + 1
+        for p in range(self.settings.partitions):
+            self.node.last_event.setdefault(p, 0.0)
+            await self.node.on_tick(p)
         await self._drain_cluster()
         self.stats.duplicates = int(getattr(self.node, "stats", {}).get("duplicates", 0))
         self.stats.finished = time.monotonic()

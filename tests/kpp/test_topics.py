@@ -1,0 +1,134 @@
+"""`kpp topics ensure` and the one topic-creating function every stage uses
+(contracts/topic_admin.py): what to create, what to refuse, and that a second run changes
+nothing, against the real broker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import pytest
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+
+from contracts.kafka import KafkaConnection
+from contracts.topic_admin import TopicSpec, mismatch_message, plan_topics
+from streams.app import owned_topics, topic_specs
+from streams.config import StreamSettings
+
+
+# -- the plan (pure) -------------------------------------------------------------------------------
+
+def test_plan_creates_missing_and_keeps_matching() -> None:
+    specs = [TopicSpec("p.samples", 4, same_partitions=True), TopicSpec("p.rates", 4)]
+    plan = plan_topics(specs, {"p.samples": 4})
+    assert [s.name for s in plan.to_create] == ["p.rates"]
+    assert plan.present == ("p.samples",)
+    assert plan.refused == () and plan.differing == ()
+
+
+def test_plan_refuses_only_co_partitioned_mismatch() -> None:
+    specs = [TopicSpec("p.samples", 4, same_partitions=True), TopicSpec("p.rates", 4)]
+    plan = plan_topics(specs, {"p.samples": 3, "p.rates": 6})
+    assert plan.refused == (("p.samples", 3, 4),)
+    assert plan.differing == (("p.rates", 6, 4),)
+    assert plan.to_create == ()
+
+
+def test_plan_checks_but_never_creates_topics_owned_by_others() -> None:
+    changelog = TopicSpec("app-node-state-changelog", 2, create=False, same_partitions=True)
+    assert plan_topics([changelog], {}).to_create == ()
+    assert plan_topics([changelog], {"app-node-state-changelog": 5}).refused == (("app-node-state-changelog", 5, 2),)
+
+
+def test_stream_specs_cover_every_topic_it_uses_and_mark_co_partitioned() -> None:
+    settings = StreamSettings(topic_prefix="p", partitions=6)
+    specs = {s.name: s for s in topic_specs(settings, {"retention.ms": "604800000"})}
+    created = {name for name, s in specs.items() if s.create}
+    assert created == set(owned_topics(settings))
+    assert {"p.samples", "p.rates", "p.quantiles", "p.gauges", "p.health", "p.slo", "p.late", "p.dlq",
+            "p.cluster-partials", "p.stream-ticks"} <= created
+    assert {name for name, s in specs.items() if s.same_partitions} == {
+        "p.samples", "p.cluster-partials", "p.stream-ticks",
+        "kpp-streams.p-node-state-changelog", "kpp-streams.p-cluster-state-changelog"}
+    assert all(s.partitions == 6 for s in specs.values())
+    assert all(s.config == {"retention.ms": "604800000"} for s in specs.values() if s.create)
+
+
+def test_mismatch_message_is_one_line_naming_topic_and_counts() -> None:
+    text = mismatch_message("p.samples", 3, 4)
+    assert "\n" not in text
+    assert "'p.samples' has 3 partitions but --partitions is 4" in text
+
+
+# -- the command against the real broker -----------------------------------------------------------
+
+def kpp(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kpp", *args], capture_output=True, text=True, timeout=180)
+
+
+def describe(connection: KafkaConnection, names: list[str]) -> tuple[dict[str, int], dict[str, str]]:
+    """(partitions per topic, retention.ms per topic)."""
+    admin = KafkaAdminClient(**connection.kafka_python_kwargs())
+    try:
+        partitions = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(names)}
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n, configs=["retention.ms"])
+                                          for n in names])
+    finally:
+        admin.close()
+    retention: dict[str, str] = {}
+    for response in configs if isinstance(configs, list) else [configs]:
+        for name, values in response["topic"].items():
+            retention[name] = values["retention.ms"]["value"]
+    return partitions, retention
+
+
+@pytest.mark.integration
+def test_ensure_creates_every_topic_then_is_a_no_op(kafka: KafkaConnection) -> None:
+    prefix = f"ensure{uuid.uuid4().hex[:8]}"
+    settings = StreamSettings(topic_prefix=prefix, partitions=3)
+    first = kpp("topics", "ensure", "--topic-prefix", prefix, "--partitions", "3", "--retention", "7d",
+                "--kafka-bootstrap", kafka.bootstrap)
+    assert first.returncode == 0, first.stderr
+    names = owned_topics(settings)
+    assert f"{len(names)} created, 0 already there" in first.stdout
+    partitions, retention = describe(kafka, names)
+    assert partitions == {name: 3 for name in names}
+    assert retention == {name: str(7 * 86_400_000) for name in names}
+
+    second = kpp("topics", "ensure", "--topic-prefix", prefix, "--partitions", "3", "--retention", "1d",
+                 "--kafka-bootstrap", kafka.bootstrap)
+    assert second.returncode == 0, second.stderr
+    assert f"0 created, {len(names)} already there" in second.stdout
+    assert describe(kafka, names) == (partitions, retention)  # existing topics are left as they are
+
+
+@pytest.mark.integration
+def test_ensure_refuses_a_mismatched_partition_count_in_one_line(kafka: KafkaConnection) -> None:
+    prefix = f"ensure{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(**kafka.kafka_python_kwargs())
+    try:
+        admin.create_topics([NewTopic(f"{prefix}.samples", 2, 1)])
+    finally:
+        admin.close()
+    result = kpp("topics", "ensure", "--topic-prefix", prefix, "--partitions", "4",
+                 "--kafka-bootstrap", kafka.bootstrap)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"kpp topics: error: {mismatch_message(f'{prefix}.samples', 2, 4)}"]
+
+
+@pytest.mark.integration
+def test_ensure_without_a_broker_is_one_line_and_exit_3() -> None:
+    result = kpp("topics", "ensure", "--kafka-bootstrap", "127.0.0.1:1")
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("kpp topics: error: Kafka at 127.0.0.1:1")
+
+
+def test_help_explains_the_command() -> None:
+    result = kpp("topics", "ensure", "--help")
+    assert result.returncode == 0, result.stderr
+    for text in ("Idempotent", "--partitions", "--retention", "co-partitioned", "exit code 2", "Exit code 3"):
+        assert text in result.stdout
