@@ -10,7 +10,6 @@ import os
 import sys
 
 from contracts.errors import KppError
-from contracts.kafka import capture_client_failures, redact_secrets_in_logs
 
 # (module, purpose shown in `kpp --help`); order is the order of the help text.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -27,7 +26,26 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Subcommands that touch no Kafka, store or HTTP client: when one is asked for, only its module
+# is imported (the full table pulls in kafka, Faust and httpx, ~0.4 s of start-up that would
+# dominate `kpp parse` of a scrape-sized file).
+STANDALONE_SUBCOMMANDS: dict[str, str] = {"parse": "producers.cli_parse"}
+
+
+def requested_command(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first token that is not a global option
+    or its value), or None."""
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--log-level":
+            next(tokens, None)
+        elif not token.startswith("-"):
+            return token
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or, for a STANDALONE_SUBCOMMANDS `command`, one that knows only it."""
     parser = argparse.ArgumentParser(
         prog="kpp",
         description=(
@@ -41,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="log verbosity (env KPP_LOG_LEVEL, default INFO)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    for module_name in SUBCOMMAND_MODULES:
+    standalone = STANDALONE_SUBCOMMANDS.get(command or "")
+    for module_name in (standalone,) if standalone else SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -52,8 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_client_logs(log_level: str) -> None:
+    # No secret in any printed record, ours or a client library's (e.g. kafka-python's
+    # configuration dump at DEBUG): a filter on the handlers every record ends up in.
+    from contracts.kafka import capture_client_failures, redact_secrets_in_logs
+
+    redact_secrets_in_logs()
+    # Client libraries log every connection at INFO and every failed reconnect at ERROR:
+    # a storm during an outage. Our stages log each outage once, when it starts and ends;
+    # the Kafka clients' records are kept back, but the cause of a failed connection
+    # (refused credentials, TLS) is taken from them (contracts/kafka.py).
+    capture_client_failures("kafka", show_below_critical=log_level == "DEBUG")
+    if log_level != "DEBUG":
+        for noisy in ("httpx", "httpcore"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(requested_command(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -63,17 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # No secret in any printed record, ours or a client library's (e.g. kafka-python's
-    # configuration dump at DEBUG): a filter on the handlers every record ends up in.
-    redact_secrets_in_logs()
-    # Client libraries log every connection at INFO and every failed reconnect at ERROR:
-    # a storm during an outage. Our stages log each outage once, when it starts and ends;
-    # the Kafka clients' records are kept back, but the cause of a failed connection
-    # (refused credentials, TLS) is taken from them (contracts/kafka.py).
-    capture_client_failures("kafka", show_below_critical=args.log_level == "DEBUG")
-    if args.log_level != "DEBUG":
-        for noisy in ("httpx", "httpcore"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.command not in STANDALONE_SUBCOMMANDS:  # these use no client library
+        _quiet_client_logs(args.log_level)
     try:
         return int(args.func(args) or 0)
     except KppError as exc:

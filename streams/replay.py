@@ -75,14 +75,10 @@ class Message(NamedTuple):
     value: bytes
 
 
-class _FakeClock:
-    """Wall clock of the stages: frozen, advanced only to declare partitions idle at the end."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+def _frozen_clock() -> float:
+    """Wall clock of the stages: frozen, so that no partition is ever idle or silent by the
+    time a replay takes (partitions are declared idle with NodeStage.close_idle / finish)."""
+    return 1000.0
 
 
 @dataclass
@@ -150,7 +146,7 @@ class Replayer:
         self._side = {topics.late: ("late", target.late), topics.dlq: ("dlq", target.dlq)}
         self._queues: dict[int, deque] = defaultdict(deque)
         self._cluster_offsets: dict[int, int] = defaultdict(int)
-        self.clock = _FakeClock()
+        self.clock = _frozen_clock
         self.trusted_ms = 0  # the trusted clock of the scrape being fed (see the module docstring)
         self.node = NodeStage(settings, {}, self._send, clock=self.clock, trusted_clock_ms=lambda: self.trusted_ms)
         self.cluster = ClusterStage(settings, {}, self._send, clock=self.clock)
@@ -214,10 +210,9 @@ class Replayer:
         empty = sorted(set(empty_partitions))
         if not empty:
             return
-        self.clock.now += self.settings.idle_timeout_s + 1
         for p in empty:
-            self.node.last_event.setdefault(p, 0.0)
-            await self.node.on_tick(p)
+            await self.node.close_idle(p)
+            await self.node.flush()
         await self._drain_cluster()
 
     async def feed(self, msg: Message) -> None:
@@ -233,10 +228,7 @@ class Replayer:
 
     async def finish(self) -> ReplayStats:
         """End of data: close every partition's remaining windows, as after an idle timeout."""
-        self.clock.now += self.settings.idle_timeout_s + 1
-        for p in range(self.settings.partitions):
-            self.node.last_event.setdefault(p, 0.0)
-            await self.node.on_tick(p)
+        await self.node.finish()
         await self._drain_cluster()
         self.stats.duplicates = int(getattr(self.node, "stats", {}).get("duplicates", 0))
         self.stats.finished = time.monotonic()
