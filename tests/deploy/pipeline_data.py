@@ -6,6 +6,7 @@ tests sharing the stack's VictoriaMetrics never see each other's series."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,7 +31,10 @@ FAULT_NODE = "node-001"
 @dataclass(frozen=True)
 class Scenario:
     """One simulated cluster: `faults` maps node -> (mode, minute the fault starts);
-    `stop` maps node -> minute from which its producer sends nothing at all."""
+    `stop` maps node -> minute from which its producer sends nothing at all. With
+    `producer_metrics`, every node's producer also reports its own `kpp_producer_up` (scraped
+    with `cluster` and `node` labels) the whole time, except the nodes of `producer_until`:
+    until that minute (their pod is deleted with the node then)."""
 
     name: str
     config: SimConfig = field(default_factory=SimConfig)
@@ -38,6 +42,8 @@ class Scenario:
     stop: dict[str, float] = field(default_factory=dict)
     version: str = "1.28"
     fault_start_min: float | None = None  # when the trouble starts (None: from the start)
+    producer_metrics: bool = False
+    producer_until: dict[str, float] = field(default_factory=dict)
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
@@ -46,6 +52,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("stalled", faults={FAULT_NODE: ("stalled", 10)}, fault_start_min=10),
     Scenario("gone", faults={FAULT_NODE: ("gone", 10)}, fault_start_min=10),
     Scenario("vanished", stop={FAULT_NODE: 10}, fault_start_min=10),
+    # the node's scrapes stop reaching the pipeline, but its producer runs on until minute 30
+    Scenario("left-producer-running", stop={FAULT_NODE: 10}, fault_start_min=10, producer_metrics=True,
+             producer_until={FAULT_NODE: 30}),
     Scenario("no-metrics", faults={FAULT_NODE: ("missing-families", 10)}, fault_start_min=10),
     Scenario("restore-failures", config=SimConfig(restore_failure_prob=0.3)),
     Scenario("slow-sync", config=SimConfig(sync_latency_median=1.5)),
@@ -104,6 +113,33 @@ def write_to_vm(vm_url: str, records: list[DerivedRecord], batch_points: int = 2
     return len(points)
 
 
+def import_series(vm_url: str, series: list[tuple[dict[str, str], list[int], list[float]]]) -> int:
+    """Write (labels with __name__, timestamps in s, values) into VictoriaMetrics (JSON line
+    import), as a scrape of the stages' /metrics would have stored them; returns the sample count."""
+    lines = [json.dumps({"metric": labels, "timestamps": [t * 1000 for t in ts], "values": values})
+             for labels, ts, values in series if ts]
+    response = httpx.post(f"{vm_url}/api/v1/import", content="\n".join(lines).encode(), timeout=30)
+    assert response.status_code == 204, f"import: {response.status_code} {response.text[:500]}"
+    flush(vm_url)
+    return sum(len(ts) for _labels, ts, _values in series)
+
+
+def producer_series(scenario: Scenario, cluster: str, start_s: int, minutes: float, nodes: int = 3,
+                    every_s: int = 30) -> list[tuple[dict[str, str], list[int], list[float]]]:
+    """`kpp_producer_up` of each node's producer, as the chart's PodMonitor scrapes it (target
+    labels, plus the pod's `cluster` and `node`): 1 (kube-proxy answers it) every `every_s`."""
+    out = []
+    for i in range(nodes):
+        node = f"node-{i:03d}"
+        until = start_s + int(scenario.producer_until.get(node, minutes) * 60)
+        ts = list(range(start_s + every_s, min(until, start_s + int(minutes * 60)) + 1, every_s))
+        labels = {"__name__": "kpp_producer_up", "job": "kube-proxy-pipeline/producer", "namespace": "kpp",
+                  "pod": f"kpp-producer-{i:05d}", "instance": f"10.0.0.{i + 1}:9811", "cluster": cluster,
+                  "node": node, "target": "http://127.0.0.1:10249/metrics"}
+        out.append((labels, ts, [1.0] * len(ts)))
+    return out
+
+
 def flush(vm_url: str) -> None:
     """Make freshly written points searchable now (VictoriaMetrics buffers ~1 s)."""
     response = httpx.get(f"{vm_url}/internal/force_flush", timeout=10)
@@ -140,4 +176,6 @@ def load(vm_url: str, scenario: Scenario, start_s: int, minutes: float, nodes: i
     records = scrape_records(scenario, cluster, start_s, minutes, nodes=nodes)
     derived = derived_records(records)
     points = write_to_vm(vm_url, derived)
+    if scenario.producer_metrics:
+        points += import_series(vm_url, producer_series(scenario, cluster, start_s, minutes, nodes=nodes))
     return Loaded(scenario, cluster, start_s, start_s + int(minutes * 60), points)

@@ -11,8 +11,18 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "kube-proxy.json"
-RULES = REPO / "deploy" / "alerts" / "kube-proxy.rules.yaml"
+ALERTS_DIR = REPO / "deploy" / "alerts"
+RULES = ALERTS_DIR / "kube-proxy.rules.yaml"  # alerts on kube-proxy (derived series)
+PIPELINE_RULES = ALERTS_DIR / "pipeline.rules.yaml"  # alerts on the pipeline itself
 RUNBOOK = REPO / "docs" / "runbook.md"
+#: Every runbook_url is this base + "#" + the alert's name in lower case (the Helm chart
+#: replaces the base with its `runbookBaseUrl`).
+RUNBOOK_BASE = "https://github.com/kube-proxy-pipeline/kube-proxy-pipeline/blob/main/docs/runbook.md"
+
+
+def rule_files() -> list[Path]:
+    """Every rule file of deploy/alerts (what the chart ships)."""
+    return sorted(ALERTS_DIR.glob("*.rules.yaml"))
 
 
 def query(vm_url: str, expr: str, at: float) -> dict:
@@ -49,13 +59,34 @@ def substitute(expr: str, variables: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", repl, expr)
 
 
-def rules() -> list[dict]:
-    doc = yaml.safe_load(RULES.read_text())
-    return [rule for group in doc["groups"] for rule in group["rules"]]
+def rules(path: Path | None = None) -> list[dict]:
+    """The rules of one file, or of every file of deploy/alerts."""
+    out = []
+    for file in [path] if path else rule_files():
+        doc = yaml.safe_load(file.read_text())
+        out.extend(rule for group in doc["groups"] for rule in group["rules"])
+    return out
 
 
-def alert_names() -> list[str]:
-    return [r["alert"] for r in rules() if "alert" in r]
+def alert_names(path: Path | None = None) -> list[str]:
+    return [r["alert"] for r in rules(path) if "alert" in r]
+
+
+def runbook_url(alert: str) -> str:
+    return f"{RUNBOOK_BASE}#{alert.lower()}"
+
+
+def with_durations(group: dict, alert: str, interval: str, for_: str, ranges: dict[str, str]) -> dict:
+    """A copy of rule group `group` holding only `alert`, evaluated every `interval`, with its
+    `for` and the range selectors of `ranges` (e.g. {"5m": "20s"}: every `[5m]`) replaced:
+    the production rule, fast enough for a live test. Raises when a range is not in the expr."""
+    (rule,) = [r for r in group["rules"] if r.get("alert") == alert]
+    expr = rule["expr"]
+    for old, new in ranges.items():
+        if f"[{old}]" not in expr:
+            raise ValueError(f"{alert}: no [{old}] in {expr!r}")
+        expr = expr.replace(f"[{old}]", f"[{new}]")
+    return {**group, "interval": interval, "rules": [{**rule, "expr": expr, "for": for_}]}
 
 
 def markdown_anchors(text: str) -> set[str]:

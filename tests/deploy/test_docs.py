@@ -8,7 +8,7 @@ import re
 
 from simulator.catalogue import VERSIONS, kubeproxy_families
 from tests.deploy.pipeline_data import SCENARIOS, derived_records, scrape_records
-from tests.deploy.promql import REPO, RUNBOOK, alert_names
+from tests.deploy.promql import REPO, RUNBOOK, RUNBOOK_BASE, alert_names, markdown_anchors, rules, runbook_url
 
 METRICS = REPO / "docs" / "metrics.md"
 
@@ -41,3 +41,19 @@ def test_every_derived_value_is_documented() -> None:
 def test_runbook_has_one_section_per_alert() -> None:
     sections = re.findall(r"^## (\w+)\s*$", RUNBOOK.read_text(), re.M)
     assert sorted(sections) == sorted(alert_names())
+
+
+def test_every_alert_has_severity_summary_and_an_absolute_runbook_link_that_resolves() -> None:
+    """Every alert of every rule file: its runbook_url is the project's runbook (absolute, so a
+    notification links somewhere; the chart swaps the base) and its anchor is the alert's own
+    section."""
+    anchors = markdown_anchors(RUNBOOK.read_text())
+    names = alert_names()
+    assert len(names) == len(set(names)) >= 15
+    assert RUNBOOK_BASE.startswith("https://") and RUNBOOK_BASE.endswith("/docs/runbook.md")
+    for rule in rules():
+        assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
+        annotations = rule["annotations"]
+        assert annotations["summary"] and annotations["description"], rule["alert"]
+        assert annotations["runbook_url"] == runbook_url(rule["alert"]), rule["alert"]
+        assert runbook_url(rule["alert"]).rpartition("#")[2] in anchors, (rule["alert"], sorted(anchors))
