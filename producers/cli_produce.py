@@ -10,6 +10,9 @@ import socket
 import threading
 from pathlib import Path
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
 from contracts.errors import ConfigError
 from contracts.kafka import KafkaConnection
 from contracts.options import Option, add_command, byte_size, positive_float, resolve_command
@@ -81,7 +84,8 @@ OPTIONS = (
            "(default $KPP_STATE_DIR/spool/<node>)", None, "KPP_SPOOL_DIR", metavar="DIR"),
     Option("spool_max_bytes", "spool cap; past it the oldest scrapes are dropped and counted", "256MiB",
            "KPP_SPOOL_MAX_BYTES", kind=byte_size, metavar="SIZE"),
-    Option("listen", "HOST:PORT of the producer's own /metrics and /healthz (empty: off)", "127.0.0.1:9811",
+    Option("listen", "HOST:PORT of the producer's own /metrics, /healthz and /readyz (both: every target's "
+           "scrapes complete) (empty: off)", "127.0.0.1:9811",
            "KPP_LISTEN", metavar="HOST:PORT"),
     Option("once", "scrape once, deliver, and exit (for cron jobs and checks)", False, None, flag_only=True),
 )
@@ -172,23 +176,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _export_publisher_stats(counters: Counters, publisher) -> None:
-    counters.describe("kpp_producer_published_total", "counter", "Scrapes Kafka acknowledged.")
-    counters.describe("kpp_producer_publish_errors_total", "counter", "Failed Kafka sends (retried).")
-    counters.describe("kpp_producer_spool_depth", "gauge", "Scrapes in the spool, not yet acknowledged.")
-    counters.describe("kpp_producer_spool_dropped_total", "counter", "Scrapes dropped because the spool was full.")
-    counters.describe("kpp_producer_publish_latency_seconds", "gauge", "Last spool-to-ack latency.")
-    counters.describe("kpp_producer_kafka_connected", "gauge", "1 while Kafka accepts our sends.")
+    counters.describe("kpp_producer_publish_latency_seconds", "histogram",
+                      "Spool append to Kafka acknowledgement, per record.")
+    publisher.observe_latency = lambda seconds: counters.observe("kpp_producer_publish_latency_seconds", seconds)
+    counters.register(PublisherCollector(publisher))
 
-    def collect(c: Counters) -> None:
-        stats = publisher.stats
-        c.set("kpp_producer_published_total", stats.sent)
-        c.set("kpp_producer_publish_errors_total", stats.send_errors)
-        c.set("kpp_producer_spool_depth", stats.spool_depth)
-        c.set("kpp_producer_spool_dropped_total", stats.dropped)
-        c.set("kpp_producer_publish_latency_seconds", stats.last_latency_s or 0.0)
-        c.set("kpp_producer_kafka_connected", 1 if stats.connected else 0)
 
-    counters.on_collect(collect)
+class PublisherCollector(Collector):
+    """The publisher's own counts (producers/publish.py keeps them), read at scrape time."""
+
+    def __init__(self, publisher) -> None:
+        self.publisher = publisher
+
+    def collect(self):
+        stats = self.publisher.stats
+        yield CounterMetricFamily("kpp_producer_published", "Scrapes Kafka acknowledged.", value=stats.sent)
+        yield CounterMetricFamily("kpp_producer_publish_errors", "Failed Kafka sends (retried).",
+                                  value=stats.send_errors)
+        yield GaugeMetricFamily("kpp_producer_spool_depth", "Scrapes in the spool, not yet acknowledged.",
+                                value=stats.spool_depth)
+        yield CounterMetricFamily("kpp_producer_spool_dropped", "Scrapes dropped because the spool was full.",
+                                  value=stats.dropped)
+        yield GaugeMetricFamily("kpp_producer_kafka_connected", "1 while Kafka accepts our sends.",
+                                value=1 if stats.connected else 0)
 
 
 def _health(producer: NodeProducer, publisher) -> tuple[bool, str]:

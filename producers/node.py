@@ -190,7 +190,7 @@ class NodeProducer:
         c = self.counters
         c.inc("kpp_producer_scrapes_total", target=target, outcome="ok" if record.up else "error", reason=reason)
         c.inc("kpp_producer_scrape_bytes_total", record.body_bytes, target=target)
-        c.set("kpp_producer_scrape_duration_seconds", record.scrape_duration_s, target=target)
+        c.observe("kpp_producer_scrape_duration_seconds", record.scrape_duration_s, target=target)
         c.set("kpp_producer_up", record.up, target=target)
         c.inc("kpp_producer_samples_published_total", len(record.samples), target=target)
         if reason == "parse":
@@ -258,11 +258,15 @@ class NodeProducer:
 
 
 def _describe(c: Counters) -> None:
-    c.describe("kpp_producer_scrapes_total", "counter", "Scrapes by target, outcome and reason.")
-    c.describe("kpp_producer_scrape_bytes_total", "counter", "Body bytes read from targets.")
-    c.describe("kpp_producer_scrape_duration_seconds", "gauge", "Duration of the last scrape.")
-    c.describe("kpp_producer_up", "gauge", "1 when the last scrape of the target succeeded.")
-    c.describe("kpp_producer_samples_published_total", "counter", "Selected samples handed to Kafka.")
-    c.describe("kpp_producer_parse_errors_total", "counter", "Scrapes whose body was not valid text format.")
-    c.describe("kpp_producer_kube_proxy_metrics", "gauge", "1 when the target serves kubeproxy_* families.")
-    c.describe("kpp_producer_missed_ticks_total", "counter", "Scrape ticks skipped because scraping overran.")
+    c.describe("kpp_producer_scrapes_total", "counter", "Scrapes by target, outcome and reason.",
+               ("target", "outcome", "reason"))
+    c.describe("kpp_producer_scrape_bytes_total", "counter", "Body bytes read from targets.", ("target",))
+    c.describe("kpp_producer_scrape_duration_seconds", "histogram", "Duration of scrapes, by target.", ("target",))
+    c.describe("kpp_producer_up", "gauge", "1 when the last scrape of the target succeeded.", ("target",))
+    c.describe("kpp_producer_samples_published_total", "counter", "Selected samples handed to Kafka.", ("target",))
+    c.describe("kpp_producer_parse_errors_total", "counter", "Scrapes whose body was not valid text format.",
+               ("target",))
+    c.describe("kpp_producer_kube_proxy_metrics", "gauge", "1 when the target serves kubeproxy_* families.",
+               ("target",))
+    c.describe("kpp_producer_missed_ticks_total", "counter", "Scrape ticks skipped because scraping overran.",
+               ("target",))

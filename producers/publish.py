@@ -129,6 +129,7 @@ class Publisher:
         self._last_latency: float | None = None
         self._latency_sum = 0.0
         self._latency_count = 0
+        self.observe_latency: Callable[[float], None] | None = None  # per acknowledged record (histogram)
         self._connected = False
         self._outage_since: float | None = None  # monotonic, while Kafka is unreachable
         self._warned = False
@@ -369,6 +370,8 @@ class Publisher:
             self._last_latency = latency
             self._latency_sum += latency
             self._latency_count += 1
+        if self.observe_latency is not None:
+            self.observe_latency(latency)
 
     def _wait(self, future: Any, deadline: float, stalled_since: float) -> Exception | None:
         """None on success, else the failure (an `_Abandoned` when we stop waiting)."""

@@ -75,7 +75,9 @@ OPTIONS = (
     Option("max_backoff", "longest wait between retries while the store is away (seconds)", 15.0,
            "KPP_SINK_MAX_BACKOFF", kind=positive_float, metavar="SECONDS"),
     Option("ca_file", "CA bundle for an https store", None, "KPP_SINK_CA_FILE", metavar="FILE"),
-    Option("listen", "HOST:PORT of the sink's own /metrics and /healthz (empty: off)", "127.0.0.1:9812",
+    Option("listen", "HOST:PORT of the sink's own /metrics, /healthz (liveness: 200 while the consume loop "
+           "runs, also while the store is down and consumption paused) and /readyz (503 while the store is "
+           "down) (empty: off)", "127.0.0.1:9812",
            "KPP_SINK_LISTEN", metavar="HOST:PORT"),
     Option("retention", "the store's retention period: a record older goes to the DLQ (the store would "
            "drop it without a word); auto: ask VictoriaMetrics (its /flags page), none: no limit", "auto",
@@ -160,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     server = None
     if values["listen"]:
-        server = serve(values["listen"], counters, lambda: _health(loop))
+        server = serve(values["listen"], counters, lambda: _health(loop), lambda: _ready(loop))
     retention = loop.settings.timestamps.retention_ms
     # one start line (the retention in it): an operator reads the whole set-up at once
     log.info("sink %s → %s: topics %s, group %s, Kafka %s, %s", values["to"], loop.writer.url,
@@ -177,8 +179,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _health(loop: SinkLoop) -> tuple[bool, str]:
-    if loop.store_down:
+#: /healthz fails when the consume loop has not come round for this long (stuck: a restart helps).
+STALL_AFTER_S = 300.0
+
+
+def sink_liveness(now: float, loop_at: float | None, store_down: bool,
+                  stall_after_s: float = STALL_AFTER_S) -> tuple[bool, str]:
+    """Alive while the consume loop comes round, also while the store is down: then the sink is
+    paused and loses nothing, which is its job (a restart would not bring the store back)."""
+    if loop_at is None:
+        return True, "starting"
+    quiet = now - loop_at
+    if quiet > stall_after_s:
+        return False, f"consume loop stuck: it has not come round for {quiet:.0f} s"
+    return True, "ok: store unavailable, consumption paused" if store_down else "ok"
+
+
+def sink_readiness(store_down: bool, last_flush_age_s: float | None) -> tuple[bool, str]:
+    """Ready while the store takes writes."""
+    if store_down:
         return False, "store unavailable: consumption paused"
+    return True, "ok" + (f": last flush {last_flush_age_s:.0f} s ago" if last_flush_age_s is not None else "")
+
+
+def _health(loop: SinkLoop) -> tuple[bool, str]:
+    return sink_liveness(time.monotonic(), loop.loop_at, loop.store_down)
+
+
+def _ready(loop: SinkLoop) -> tuple[bool, str]:
     last = loop.last_flush_wall
-    return True, "ok" + (f": last flush {time.time() - last:.0f} s ago" if last else "")
+    return sink_readiness(loop.store_down, None if last is None else time.time() - last)

@@ -80,26 +80,33 @@ class LoopSettings:
 
 
 def describe_metrics(counters: Counters) -> None:
-    for name, kind, text in (
-        ("kpp_sink_points_written_total", "counter", "Points the store acknowledged."),
-        ("kpp_sink_records_total", "counter", "Kafka records handled, by outcome (written, empty, dlq)."),
-        ("kpp_sink_batches_total", "counter", "Batches flushed, by outcome (ok, unavailable)."),
-        ("kpp_sink_requests_total", "counter", "Write requests sent to the store (a rejected batch is split)."),
-        ("kpp_sink_retries_total", "counter", "Flushes retried after the store was unavailable."),
-        ("kpp_sink_dlq_total", "counter", "Records sent to the dead-letter topic, by reason."),
-        ("kpp_sink_points_skipped_total", "counter", "Points the protocol cannot carry (NaN/Inf in Influx)."),
+    for name, kind, text, labels in (
+        ("kpp_sink_points_written_total", "counter", "Points the store acknowledged.", ()),
+        ("kpp_sink_records_total", "counter", "Kafka records handled, by outcome (written, empty, dlq).",
+         ("outcome",)),
+        ("kpp_sink_batches_total", "counter", "Batches flushed, by outcome (ok, unavailable).", ("outcome",)),
+        ("kpp_sink_requests_total", "counter", "Write requests sent to the store (a rejected batch is split).", ()),
+        ("kpp_sink_retries_total", "counter", "Flushes retried after the store was unavailable.", ()),
+        ("kpp_sink_dlq_total", "counter", "Records sent to the dead-letter topic, by reason.", ("reason",)),
+        ("kpp_sink_points_skipped_total", "counter", "Points the protocol cannot carry (NaN/Inf in Influx).",
+         ("reason",)),
         ("kpp_sink_points_dropped_total", "counter",
-         "Points the store would drop silently (timestamp outside its range), by reason: dead-lettered."),
-        ("kpp_sink_commits_total", "counter", "Offset commits, by outcome (ok, failed)."),
-        ("kpp_sink_rebalances_total", "counter", "Partition revocations seen."),
-        ("kpp_sink_dropped_on_revoke_total", "counter", "Buffered records dropped on revoke (re-read by the new owner)."),
-        ("kpp_sink_consumer_lag", "gauge", "Records in Kafka not yet fetched, per topic (highwater - position)."),
-        ("kpp_sink_store_up", "gauge", "1 when the last write to the store succeeded."),
-        ("kpp_sink_buffered_points", "gauge", "Points held: the batch being filled, in flight and to retry."),
-        ("kpp_sink_paused", "gauge", "1 while consumption is paused because the store is away."),
-        ("kpp_sink_last_flush_seconds", "gauge", "Duration of the last successful flush."),
+         "Points the store would drop silently (timestamp outside its range), by reason: dead-lettered.",
+         ("reason",)),
+        ("kpp_sink_commits_total", "counter", "Offset commits, by outcome (ok, failed).", ("outcome",)),
+        ("kpp_sink_rebalances_total", "counter", "Partition revocations seen.", ()),
+        ("kpp_sink_dropped_on_revoke_total", "counter", "Buffered records dropped on revoke (re-read by the new owner).",
+         ()),
+        ("kpp_sink_consumer_lag", "gauge", "Records in Kafka not yet fetched, per topic (highwater - position).",
+         ("topic",)),
+        ("kpp_sink_store_up", "gauge", "1 when the last write to the store succeeded.", ()),
+        ("kpp_sink_buffered_points", "gauge", "Points held: the batch being filled, in flight and to retry.", ()),
+        ("kpp_sink_paused", "gauge", "1 while consumption is paused because the store is away.", ()),
+        ("kpp_sink_last_flush_seconds", "gauge", "Duration of the last successful flush.", ()),
+        ("kpp_sink_write_duration_seconds", "histogram",
+         "Writes the store acknowledged: from sending a batch to its acknowledgement (all its requests).", ()),
     ):
-        counters.describe(name, kind, text)
+        counters.describe(name, kind, text, labels)
 
 
 class SinkLoop:
@@ -127,6 +134,7 @@ class SinkLoop:
         self._consumer = None
         self._producer = None
         self.last_flush_wall: float | None = None
+        self.loop_at: float | None = None  # monotonic time the consume loop last came round
         self.started = threading.Event()
         self._on_flush: Callable[[FlushResult], None] | None = None
         settings.timestamps.refresh(_now_ms())
@@ -324,7 +332,7 @@ class SinkLoop:
         last_lag = 0.0
         limits = self.settings.timestamps
         while not stop.is_set():
-            now = time.monotonic()
+            now = self.loop_at = time.monotonic()  # liveness: the loop comes round (sinks/cli.py)
             limits.refresh(_now_ms())
             timeout_ms = 200
             if self._inflight is not None or self._commit_in_flight or self._to_commit:
@@ -459,6 +467,7 @@ class SinkLoop:
         the batch's partitions are re-read from the committed offsets)."""
         self.counters.set("kpp_sink_store_up", 1)
         self.counters.set("kpp_sink_last_flush_seconds", seconds)
+        self.counters.observe("kpp_sink_write_duration_seconds", seconds)
         self.counters.inc("kpp_sink_batches_total", outcome="ok")
         self.counters.inc("kpp_sink_requests_total", result.requests)
         self.counters.inc("kpp_sink_points_written_total", result.written_points)
