@@ -33,10 +33,41 @@ def _f(value: Any) -> float:
     return float_from_json(value)
 
 
+_BOUNDS: dict[tuple, tuple] = {}
+
+
+def bound_pairs(buckets: dict[str, float]) -> list[tuple[float, float]]:
+    """(upper bound, count) of bucket deltas keyed by `le` text; the bounds of a key layout
+    are parsed once (a histogram keeps its layout window after window)."""
+    keys = tuple(buckets)
+    bounds = _BOUNDS.get(keys)
+    if bounds is None:
+        bounds = tuple(map(le_from_key, keys))
+        if len(_BOUNDS) >= 10_000:
+            _BOUNDS.clear()
+        _BOUNDS[keys] = bounds
+    return list(zip(bounds, buckets.values()))
+
+
+_BY_BOUND: dict[tuple, list] = {}
+
+
+def keys_by_bound(buckets: dict[str, float]) -> list[str]:
+    """The `le` keys of bucket deltas in order of their bound (remembered per layout)."""
+    keys = tuple(buckets)
+    ordered = _BY_BOUND.get(keys)
+    if ordered is None:
+        ordered = sorted(keys, key=le_from_key)
+        if len(_BY_BOUND) >= 10_000:
+            _BY_BOUND.clear()
+        _BY_BOUND[keys] = ordered
+    return ordered
+
+
 def quantile_values(buckets: dict[str, float], count: float, total: Any, quantiles: Iterable[float]) -> dict:
     values: dict[str, float | None] = {}
     if count > 0:
-        pairs = [(le_from_key(k), v) for k, v in buckets.items()]
+        pairs = bound_pairs(buckets)
         for q, value in zip(quantiles, histogram_quantiles(quantiles, pairs)):
             values[quantile_name(q)] = value
     else:
@@ -161,8 +192,9 @@ def merge(partials: list[dict], settings: StreamSettings) -> dict:
             h = acc["h"].get(series)
             if h is None:
                 h = acc["h"][series] = [{}, 0.0, 0.0]
-            for le in sorted(buckets, key=le_from_key):
-                h[0][le] = h[0].get(le, 0.0) + buckets[le]
+            into = h[0]
+            for le in keys_by_bound(buckets):
+                into[le] = into.get(le, 0.0) + buckets[le]
             h[1] += count
             h[2] = float_to_json(_f(h[2]) + _f(total))
         for series, (last, lo, hi) in sorted(partial["g"].items()):
@@ -236,10 +268,10 @@ _WINDOW_QUANTILES: dict[tuple, float] = {}
 def _window_quantile(q: float, buckets: dict[str, float]) -> float:
     """histogram_quantile of one step window's pooled buckets, remembered: each step window
     is part of slo_window / step successive SLO records."""
-    key = (q, *buckets.items())
+    key = (q, tuple(buckets), tuple(buckets.values()))
     value = _WINDOW_QUANTILES.get(key)
     if value is None:
-        value = histogram_quantile(q, [(le_from_key(k), v) for k, v in buckets.items()])
+        value = histogram_quantile(q, bound_pairs(buckets))
         if len(_WINDOW_QUANTILES) >= 50_000:
             _WINDOW_QUANTILES.clear()
         _WINDOW_QUANTILES[key] = value
@@ -258,7 +290,7 @@ def slo_record(scope: str, cluster: str, node: str | None, end: int, history: li
     """
     q = settings.slo_quantile
     buckets, count = pooled(history)
-    sli = histogram_quantile(q, [(le_from_key(k), v) for k, v in buckets.items()]) if count > 0 else None
+    sli = histogram_quantile(q, bound_pairs(buckets)) if count > 0 else None
     per_window = []
     for _start, b, c in history:
         if c > 0:

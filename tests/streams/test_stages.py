@@ -273,3 +273,28 @@ def test_close_idle_and_finish_close_open_windows_without_a_clock():
     markers = [json.loads(v) for q in (0, 1) for _k, v in partials[q] if json.loads(v)["type"] == "progress"]
     assert markers[-1]["idle"] and {m["src"] for m in markers if m["idle"]} == {0, 1}
     assert json.loads(stage.table["partition:1"])["idle"] is True
+
+
+def test_grouping_by_a_remembered_scrape_shape_equals_grouping_each_sample():
+    """A scrape of a shape seen before is grouped by that shape's plan: the same counters,
+    gauges and histograms, in the same order, as classifying every sample; a change of
+    family TYPE, of a label or of a value is honoured."""
+    fam = "kubeproxy_h"
+    fams = {fam: "histogram", "kubeproxy_c_total": "counter", "kubeproxy_g": "gauge"}
+    rows = [Sample(fam + "_bucket", {"le": "1"}, 1.0), Sample(fam + "_bucket", {"le": "+Inf"}, 2.0),
+            Sample(fam + "_sum", {}, 0.5), Sample(fam + "_count", {}, 2.0),
+            Sample("kubeproxy_c_total", {"code": "200"}, 7.0), Sample("kubeproxy_c_total", {"code": "200"}, 8.0),
+            Sample("kubeproxy_g", {}, 3.0), Sample("kubeproxy_x", {}, 1.0)]
+
+    def grouped(scrape):
+        return (list(scrape.counters.items()), list(scrape.gauges.items()),
+                [(k, h.buckets, h.count, h.sum) for k, h in scrape.hists.items()])
+
+    variants = [record(samples=rows, families=fams),
+                record(samples=[*rows[:6], Sample("kubeproxy_g", {}, 4.0), rows[7]], families=fams),
+                record(samples=rows, families={**fams, "kubeproxy_g": "counter"}),
+                record(samples=[*rows[:4], Sample("kubeproxy_c_total", {"code": "500"}, 7.0), *rows[5:]],
+                       families=fams)]
+    for rec in variants * 2:  # the second round goes by the remembered plans
+        assert grouped(node_state.group_samples(rec)) == grouped(node_state._group_rows(rec))
+    assert grouped(node_state.group_samples(variants[2]))[1] == []  # kubeproxy_g now a counter
