@@ -5,9 +5,24 @@ BIN    := $(VENV)/bin
 KPP    := $(BIN)/kpp
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test faults soak bench stack-up stack-down stack-status venv clean
+.PHONY: demo test faults soak bench stack-up stack-down stack-status venv clean tools
 
 venv: $(STAMP)
+
+# Tools the tests run that are not Python packages, pinned, in the project's state folder.
+# helm: the chart tests (tests/deploy/test_helm_chart.py) lint and render the chart with it.
+TOOLS        := .kpp/tools
+HELM_VERSION := v4.3.2
+HELM         := $(TOOLS)/helm
+HELM_STAMP   := $(TOOLS)/.helm-$(HELM_VERSION)
+
+## tools: install the pinned helm into .kpp/tools (skipped when that version is there; needs Go)
+tools:
+	@if [ -x $(HELM) ] && [ -f $(HELM_STAMP) ]; then exit 0; fi; \
+	command -v go >/dev/null || { echo "Go is needed to install helm $(HELM_VERSION) (go install)"; exit 1; }; \
+	mkdir -p $(TOOLS) && rm -f $(TOOLS)/.helm-* && \
+	echo "installing helm $(HELM_VERSION) into $(TOOLS)" && \
+	GOBIN=$(abspath $(TOOLS)) go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION) && touch $(HELM_STAMP)
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (found " + sys.version.split()[0] + ")")'
@@ -22,7 +37,7 @@ demo: $(STAMP)
 	$(KPP) demo
 
 ## test: start the stack, run the whole test suite (the fault suite included), stop what this target started
-test: $(STAMP)
+test: $(STAMP) tools
 	@if $(KPP) stack status >/dev/null 2>&1; then keep=1; fi; \
 	$(KPP) stack up || exit 1; \
 	status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
