@@ -45,6 +45,13 @@ def _port(text: str) -> int:
     return value
 
 
+def _listen(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if text and (not sep or not port.isdigit() or int(port) > 65535):
+        raise ValueError("not HOST:PORT (empty: off)")
+    return text
+
+
 OPTIONS = (
     Option("window", "tumbling event-time window size in seconds, epoch-aligned; repeatable",
            [60, 300], "KPP_STREAM_WINDOWS", kind=_window, repeated=True, metavar="SECONDS"),
@@ -78,6 +85,13 @@ OPTIONS = (
            ".health .slo .late .dlq out)", DEFAULT_PREFIX, "KPP_TOPIC_PREFIX", metavar="PREFIX"),
     Option("partitions", "partitions of <prefix>.samples; every topic and table of this stage uses "
            "the same count (co-partitioning)", 1, "KPP_STREAM_PARTITIONS", kind=int, metavar="N"),
+    Option("listen", "HOST:PORT of the worker's own /metrics, /healthz and /readyz (empty: off). "
+           "/healthz (liveness) is 200 while the event loop runs its 5-second heartbeat, idle or riding "
+           "out a Kafka outage alike, and 503 once it has missed it for 120 s (a blocked loop: a restart "
+           "helps); /readyz is 503 until the worker has started, then 200, also while it holds no "
+           "partition (more workers than partitions). Several workers on one host need one address each: "
+           "a worker that cannot bind logs an error and runs without them", "127.0.0.1:9813",
+           "KPP_STREAM_LISTEN", kind=_listen, metavar="HOST:PORT"),
     Option("web_port", "port of Faust's web server on 127.0.0.1 (0 or unset: off)", None,
            "KPP_STREAM_WEB_PORT", kind=_port, metavar="PORT"),
     Option("data_dir", "worker data directory (default $KPP_STATE_DIR/streams)", None,
@@ -126,6 +140,24 @@ def settings_from(args: argparse.Namespace) -> StreamSettings:
         raise ConfigError(str(exc)) from None
 
 
+def serve_metrics(listen: str, app, settings: StreamSettings, connection: KafkaConnection) -> None:
+    """/metrics, /healthz, /readyz of the worker (streams/selfmetrics.py), and the group's lag."""
+    from contracts.selfmetrics import serve
+    from streams.app import app_id
+    from streams.selfmetrics import LagReader
+
+    metrics = app.self_metrics
+    try:
+        serve(listen, metrics.registry, metrics.health, metrics.ready)
+    except ConfigError as exc:
+        # another worker on this host holds the address: this one still does its work
+        log.error("%s: running without /metrics, /healthz and /readyz (give each worker on a host its own "
+                  "--listen)", exc)
+        return
+    LagReader(metrics, connection, app_id(settings), [settings.topics.samples, settings.ticks_topic,
+                                                       settings.cluster_partials_topic]).start()
+
+
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     connection = KafkaConnection.from_sources(args)
@@ -139,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
     connection.check(timeout_s=30.0)  # refused credentials: one clear error and exit, not a retry storm
     ensure_topics(settings, connection)
     app = create_app(settings, connection)
+    listen = resolve_command(OPTIONS, args)["listen"]
+    if listen:
+        serve_metrics(listen, app, settings, connection)
     log.info("streaming %s on %s: windows %s s, lateness %g s, idle timeout %g s, %d partition(s)",
              settings.topics.samples, connection.describe(), list(settings.window_sizes_s),
              settings.allowed_lateness_s, settings.idle_timeout_s, settings.partitions)

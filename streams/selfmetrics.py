@@ -20,10 +20,11 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from contracts.selfmetrics import new_registry
 from streams import statecodec
 from streams.windows import window_start
 
@@ -123,11 +124,10 @@ class StreamMetrics(StageMetrics):
 
     def __init__(self, registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.time,
                  samples_topic: str | None = None) -> None:
-        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.registry = registry if registry is not None else new_registry()
         self.clock = clock
         self.samples_topic = samples_topic
         r = self.registry
-        ProcessCollector(registry=r)
         self.scrapes = Counter("kpp_stream_scrapes", "Scrape records the node stage processed.", registry=r)
         self.windows = Counter("kpp_stream_windows_closed", "Windows closed, by size and scope (node: once "
                                "per source partition; cluster: once per cluster).", ["window", "scope"], registry=r)
@@ -280,7 +280,8 @@ class LagReader:
         from kafka import TopicPartition
 
         tps = [TopicPartition(t, p) for t in self.topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        committed = {tp: meta.offset for tp, meta in admin.list_consumer_group_offsets(self.group_id).items()}
+        offsets = admin.list_group_offsets({self.group_id: None}).get(self.group_id, {})
+        committed = {tp: meta.offset for tp, meta in offsets.items()}
         end = consumer.end_offsets(tps)
         beginning = consumer.beginning_offsets([tp for tp in tps if committed.get(tp) is None])
         return {(tp.topic, tp.partition): n for tp, n in group_lag(committed, beginning, end).items()}
