@@ -90,7 +90,7 @@ OPTIONS = (
            "out a Kafka outage alike, and 503 once it has missed it for 120 s (a blocked loop: a restart "
            "helps); /readyz is 503 until the worker has started, then 200, also while it holds no "
            "partition (more workers than partitions). Several workers on one host need one address each: "
-           "a worker that cannot bind logs an error and runs without them", "127.0.0.1:9813",
+           "a worker that cannot bind warns and runs without them", "127.0.0.1:9813",
            "KPP_STREAM_LISTEN", kind=_listen, metavar="HOST:PORT"),
     Option("web_port", "port of Faust's web server on 127.0.0.1 (0 or unset: off)", None,
            "KPP_STREAM_WEB_PORT", kind=_port, metavar="PORT"),
@@ -150,8 +150,9 @@ def serve_metrics(listen: str, app, settings: StreamSettings, connection: KafkaC
     try:
         serve(listen, metrics.registry, metrics.health, metrics.ready)
     except ConfigError as exc:
-        # another worker on this host holds the address: this one still does its work
-        log.error("%s: running without /metrics, /healthz and /readyz (give each worker on a host its own "
+        # another worker on this host holds the address: this one still does its work, so a
+        # warning (several workers on one machine is how `kpp stream` scales out locally)
+        log.warning("%s: running without /metrics, /healthz and /readyz (give each worker on a host its own "
                   "--listen)", exc)
         return
     LagReader(metrics, connection, app_id(settings), [settings.topics.samples, settings.ticks_topic,
