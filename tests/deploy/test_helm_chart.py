@@ -429,3 +429,16 @@ def test_docs_scaling_and_chart_values_state_the_same_resources() -> None:
         "stream": chart["stream"]["resources"],
         "sink": chart["sink"]["resources"],
     }
+
+
+def test_the_readme_install_command_renders() -> None:
+    """The `helm install` of the README's "Run it in a cluster", with its values, renders."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Run it in a cluster", 1)[1].split("\n## ", 1)[0]
+    (command,) = re.findall(r"```sh\n(helm install .*?)```", section, re.DOTALL)
+    argv = [a for a in command.replace("\\\n", " ").split() if a]
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    assert len(sets) >= 5 and argv[3] == "deploy/helm/kube-proxy-pipeline"
+    docs = render(*[x for s in sets for x in ("--set", s)])
+    env = {e["name"]: e for e in container(docs, "stream")["env"]}
+    assert env["KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
