@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import prometheus_client
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -45,6 +45,7 @@ class Counters:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else new_registry()
         self._metrics: dict[str, Counter | Gauge | Histogram] = {}
+        self._children: dict[tuple, Any] = {}
 
     def describe(self, name: str, kind: str, help_text: str, labels: Sequence[str] = (),
                  buckets: Sequence[float] = DURATION_BUCKETS) -> None:
@@ -57,11 +58,19 @@ class Counters:
         self._metrics[name] = _KINDS[kind](name, help_text, sorted(labels), registry=self.registry, **extra)
 
     def _child(self, name: str, labels: dict[str, str]):
+        # prometheus_client's labels() validates and locks on every call (~2 µs): its result is
+        # kept per label set (they are few: targets, reasons, topics)
+        key = (name, *labels.items())
+        try:
+            return self._children[key]
+        except KeyError:
+            pass
         try:
             metric = self._metrics[name]
         except KeyError:
             raise KeyError(f"metric {name} was not declared with describe()") from None
-        return metric.labels(**labels) if labels else metric
+        child = self._children[key] = metric.labels(**labels) if labels else metric
+        return child
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         self._child(name, labels).inc(amount)
