@@ -111,8 +111,12 @@ def test_packaged_chart_carries_the_alert_rules_and_dashboards_of_deploy(tmp_pat
 
 # -- every object, strictly ------------------------------------------------------------------------
 
-def test_every_object_is_valid_for_kubernetes_1_28_and_1_33(rendered) -> None:
-    name, docs = rendered
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("name", sorted(RENDERINGS))
+def test_every_object_is_valid_for_kubernetes_1_28_and_1_33(name: str, version: str) -> None:
+    """Rendered for that Kubernetes version (the chart's kubeVersion must admit it) and
+    validated against its schemas, unknown fields refused."""
+    docs = render(*RENDERINGS[name], "--kube-version", f"v{version}.0")
     kinds = {d["kind"] for d in docs}
     assert {"DaemonSet", "Deployment", "PodDisruptionBudget", "Job", "ConfigMap"} <= kinds
     if name == "sasl":
@@ -120,11 +124,15 @@ def test_every_object_is_valid_for_kubernetes_1_28_and_1_33(rendered) -> None:
     for doc in docs:
         if doc["kind"] in OPERATOR_KINDS:
             continue
-        for version in KUBERNETES_VERSIONS:
-            try:
-                kubernetes_validate.validate(doc, version, strict=True)
-            except kubernetes_validate.ValidationError as exc:
-                pytest.fail(f"{name}: {doc['kind']} {doc['metadata']['name']} invalid for {version}: {exc}")
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{name}: {doc['kind']} {doc['metadata']['name']} invalid for {version}: {exc}")
+
+
+def test_chart_refuses_a_kubernetes_older_than_1_28() -> None:
+    result = helm("template", "kpp", str(CHART), "--kube-version", "v1.27.0", check=False)
+    assert result.returncode != 0 and "kubeVersion" in result.stderr
 
 
 # The structure the operators read (their CRDs are not in kubernetes-validate): the fields this
@@ -329,8 +337,10 @@ def test_topics_job_runs_before_install_and_upgrade_with_the_workers_partitions(
     assert f"--partitions={sasl['topics']['partitions']}" in container(docs, "stream")["args"]
     assert f"--topic-prefix={sasl['topics']['prefix']}" in c["args"]
     # a mismatched partition count (exit 2) fails the Job at once instead of retrying
+    from contracts.topic_admin import TopicPartitionMismatch
+
     (rule,) = job["spec"]["podFailurePolicy"]["rules"]
-    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [2]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [TopicPartitionMismatch.exit_code]
 
 
 def test_kafka_secrets_are_mounted_files_never_values() -> None:

@@ -80,7 +80,8 @@ def describe(connection: KafkaConnection, names: list[str]) -> tuple[dict[str, i
     retention: dict[str, str] = {}
     for response in configs if isinstance(configs, list) else [configs]:
         for name, values in response["topic"].items():
-            retention[name] = values["retention.ms"]["value"]
+            if "retention.ms" in values:
+                retention[name] = values["retention.ms"]["value"]
     return partitions, retention
 
 
@@ -132,3 +133,23 @@ def test_help_explains_the_command() -> None:
     assert result.returncode == 0, result.stderr
     for text in ("Idempotent", "--partitions", "--retention", "co-partitioned", "exit code 2", "Exit code 3"):
         assert text in result.stdout
+
+
+@pytest.mark.integration
+def test_workers_starting_together_create_each_topic_once_and_all_succeed(kafka: KafkaConnection) -> None:
+    """Several stream workers (or the Job and a worker) ensuring the same topics at once: each
+    topic is created by exactly one of them, none fails on "already exists"."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from contracts.topic_admin import ensure_topics
+
+    settings = StreamSettings(topic_prefix=f"race{uuid.uuid4().hex[:8]}", partitions=2)
+    specs = topic_specs(settings)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: ensure_topics(kafka, specs, client_id=f"race-{i}"), range(4)))
+    created = [name for r in results for name in r.created]
+    assert sorted(created) == sorted(owned_topics(settings))  # each exactly once
+    for r in results:
+        assert set(r.created) | set(r.present) == set(owned_topics(settings))
+    partitions, _ = describe(kafka, owned_topics(settings))
+    assert set(partitions.values()) == {2}
