@@ -9,15 +9,14 @@ order, so floating point sums are identical whatever order partials arrived in.
 
 from __future__ import annotations
 
-import math
-from typing import Any, Iterable
+from typing import Any
 
-from contracts.codec import float_from_json, float_to_json
 from contracts.derived import DerivedRecord
+from streams.aggregators import CounterIncrease, GaugeStats, HistogramDeltas, add_buckets, bound_pairs
 from streams.config import StreamSettings, quantile_name
-from streams.node_state import NETPROG, le_from_key
+from streams.node_state import NETPROG
 from streams.node_state import split_sid as _split_sid  # data_records picks the scope's variant
-from streams.quantiles import histogram_mean, histogram_quantile, histogram_quantiles
+from streams.quantiles import histogram_quantile
 
 #: Counters whose increase is a restore failure (health: "restore_failures").
 RESTORE_FAILURES = (
@@ -27,56 +26,6 @@ RESTORE_FAILURES = (
 )
 HEALTH_METRIC = "kube_proxy"
 SKIP_GAUGE_SUFFIX = "_timestamp_seconds"  # reported as health (seconds since last sync)
-
-
-def _f(value: Any) -> float:
-    return float_from_json(value)
-
-
-_BOUNDS: dict[tuple, tuple] = {}
-
-
-def bound_pairs(buckets: dict[str, float]) -> list[tuple[float, float]]:
-    """(upper bound, count) of bucket deltas keyed by `le` text; the bounds of a key layout
-    are parsed once (a histogram keeps its layout window after window)."""
-    keys = tuple(buckets)
-    bounds = _BOUNDS.get(keys)
-    if bounds is None:
-        bounds = tuple(map(le_from_key, keys))
-        if len(_BOUNDS) >= 10_000:
-            _BOUNDS.clear()
-        _BOUNDS[keys] = bounds
-    return list(zip(bounds, buckets.values()))
-
-
-_BY_BOUND: dict[tuple, list] = {}
-
-
-def keys_by_bound(buckets: dict[str, float]) -> list[str]:
-    """The `le` keys of bucket deltas in order of their bound (remembered per layout)."""
-    keys = tuple(buckets)
-    ordered = _BY_BOUND.get(keys)
-    if ordered is None:
-        ordered = sorted(keys, key=le_from_key)
-        if len(_BY_BOUND) >= 10_000:
-            _BY_BOUND.clear()
-        _BY_BOUND[keys] = ordered
-    return ordered
-
-
-def quantile_values(buckets: dict[str, float], count: float, total: Any, quantiles: Iterable[float]) -> dict:
-    values: dict[str, float | None] = {}
-    if count > 0:
-        pairs = bound_pairs(buckets)
-        for q, value in zip(quantiles, histogram_quantiles(quantiles, pairs)):
-            values[quantile_name(q)] = value
-    else:
-        for q in quantiles:
-            values[quantile_name(q)] = None
-    values["mean"] = histogram_mean(_f(total), count)
-    values["count"] = count
-    values["sum"] = _f(total) if count > 0 else 0.0
-    return values
 
 
 def _common(kind: str, scope: str, cluster: str, node: str | None, start: int, size: int, metric: str,
@@ -115,24 +64,23 @@ def data_records(scope: str, cluster: str, node: str | None, start: int, size: i
     out: list[DerivedRecord] = []
     split_sid = _cluster_split_sid if scope == "cluster" else _split_sid
     for series in sorted(acc["c"]):
-        inc = acc["c"][series]
         metric, labels = split_sid(series)
         out.append(_common("rates", scope, cluster, node, start, size, metric, labels,
-                           {"increase": inc, "rate": inc / size_s}, contributors))
+                           CounterIncrease.flush(acc["c"][series], size_s), contributors))
     for series in sorted(acc["h"]):
-        buckets, count, total = acc["h"][series]
+        window = acc["h"][series]
         metric, labels = split_sid(series)
+        # the observation count is a counter of its own: its increase and rate
         out.append(_common("rates", scope, cluster, node, start, size, metric + "_count", labels,
-                           {"increase": count, "rate": count / size_s}, contributors))
+                           CounterIncrease.flush(window[1], size_s), contributors))
         out.append(_common("quantiles", scope, cluster, node, start, size, metric, labels,
-                           quantile_values(buckets, count, total, settings.quantiles), contributors))
+                           HistogramDeltas.flush(window, settings.quantiles), contributors))
     for series in sorted(acc["g"]):
         metric, labels = split_sid(series)
         if metric.endswith(SKIP_GAUGE_SUFFIX):
             continue
-        last, lo, hi = acc["g"][series]
         out.append(_common("gauges", scope, cluster, node, start, size, metric, labels,
-                           {"last": _f(last), "min": _f(lo), "max": _f(hi)}, contributors))
+                           GaugeStats.flush(acc["g"][series]), contributors))
     return out
 
 
@@ -185,26 +133,17 @@ def merge(partials: list[dict], settings: StreamSettings) -> dict:
               "nodes_stalled": 0, "nodes_left": 0, "scrapes": 0, "scrapes_failed": 0, "duplicates": 0,
               "max_seconds_since_last_sync": None, "max_stalled_for_s": None, "restore_failures": None}
     present = 0
+    counters, hists, gauges = acc["c"], acc["h"], acc["g"]
     for partial in sorted(partials, key=lambda p: p["node"]):
         for series, inc in sorted(partial["c"].items()):
-            acc["c"][series] = acc["c"].get(series, 0.0) + inc
-        for series, (buckets, count, total) in sorted(partial["h"].items()):
-            h = acc["h"].get(series)
+            CounterIncrease.merge(counters, series, inc)
+        for series, window in sorted(partial["h"].items()):
+            h = hists.get(series)
             if h is None:
-                h = acc["h"][series] = [{}, 0.0, 0.0]
-            into = h[0]
-            for le in keys_by_bound(buckets):
-                into[le] = into.get(le, 0.0) + buckets[le]
-            h[1] += count
-            h[2] = float_to_json(_f(h[2]) + _f(total))
-        for series, (last, lo, hi) in sorted(partial["g"].items()):
-            g = acc["g"].get(series)
-            if g is None:
-                acc["g"][series] = [last, lo, hi]
-            else:
-                g[0] = float_to_json(_f(g[0]) + _f(last))
-                g[1] = float_to_json(_nan_min(_f(g[1]), _f(lo)))
-                g[2] = float_to_json(_nan_max(_f(g[2]), _f(hi)))
+                h = hists[series] = HistogramDeltas.new()
+            HistogramDeltas.merge(h, window)
+        for series, window in sorted(partial["g"].items()):
+            gauges[series] = GaugeStats.merge(gauges.get(series), window)
         h = node_health(partial, settings)
         health["nodes"] += 1
         present += 1 if partial["scrapes"] else 0
@@ -230,14 +169,6 @@ def merge(partials: list[dict], settings: StreamSettings) -> dict:
     return acc
 
 
-def _nan_min(a: float, b: float) -> float:
-    return b if math.isnan(a) else a if math.isnan(b) else min(a, b)
-
-
-def _nan_max(a: float, b: float) -> float:
-    return b if math.isnan(a) else a if math.isnan(b) else max(a, b)
-
-
 def cluster_records(cluster: str, size: int, start: int, merged: dict, settings: StreamSettings,
                     slo_history: list | None = None) -> list[DerivedRecord]:
     contributors = {"nodes": merged["present"], "members": merged["health"]["nodes"],
@@ -256,8 +187,7 @@ def pooled(history: list) -> tuple[dict[str, float], float]:
     for _start, buckets, c in history:
         # per bound, the windows are added in history order; the key order does not matter
         # (histogram_quantile sorts by bound)
-        for le, d in buckets.items():
-            total[le] = total.get(le, 0.0) + d
+        add_buckets(total, buckets)
         count += c
     return total, count
 

@@ -17,7 +17,7 @@ NaN):
 * A histogram is one unit: if its ``_count``, ``_sum`` or any bucket went down, all its
   series are treated as reset, or deltas of different buckets would mix two processes.
 
-Callers keep the ``baseline`` returned here (or by :func:`series_baseline`) as the next
+Callers (streams/aggregators.py) keep the ``baseline`` returned here as the next
 ``previous``; they must drop samples whose timestamp is not newer than the baseline's
 before calling (out-of-order delivery looks like a reset).
 """
@@ -25,32 +25,19 @@ before calling (out-of-order delivery looks like a reset).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
     "MICROSECONDS",
     "HistogramDelta",
     "HistogramSnapshot",
-    "SeriesKey",
     "counter_delta",
     "histogram_delta",
-    "series_baseline",
-    "series_deltas",
-    "series_key",
     "to_seconds",
 ]
 
-#: A series identity: metric name and its labels as a sorted tuple of (name, value) pairs.
-SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
-
 #: Scale of legacy ``kubeproxy_sync_proxy_rules_latency_microseconds`` (units per second).
 MICROSECONDS = 1e6
-
-
-def series_key(name: str, labels: Mapping[str, str]) -> SeriesKey:
-    """Build the hashable, order-independent identity of a series."""
-    return (name, tuple(sorted(labels.items())))
 
 
 def counter_delta(previous: float | None, current: float, *, reset: bool = False) -> float:
@@ -67,40 +54,6 @@ def counter_delta(previous: float | None, current: float, *, reset: bool = False
     if reset or current < previous:
         return current
     return current - previous
-
-
-def series_deltas(
-    previous: Mapping[SeriesKey, float],
-    current: Mapping[SeriesKey, float],
-    *,
-    reset: bool = False,
-) -> dict[SeriesKey, float]:
-    """:func:`counter_delta` for every series of ``current`` (one scrape of one target).
-
-    ``reset`` applies to the whole scrape: it is the target's start time that changed.
-    Series new in ``current`` get 0.0; series gone from ``current`` get no entry.
-    """
-    return {
-        key: counter_delta(previous.get(key), value, reset=reset) for key, value in current.items()
-    }
-
-
-def series_baseline(
-    previous: Mapping[SeriesKey, float], current: Mapping[SeriesKey, float]
-) -> dict[SeriesKey, float]:
-    """What to keep as ``previous`` after :func:`series_deltas` of the same arguments.
-
-    Finite current values replace the old ones; a non-finite current value keeps the old
-    one (if any). Series absent from ``current`` are dropped: a complete scrape without
-    them means the target no longer exposes them, and forgetting them bounds the state.
-    """
-    baseline: dict[SeriesKey, float] = {}
-    for key, value in current.items():
-        if math.isfinite(value):
-            baseline[key] = value
-        elif key in previous:
-            baseline[key] = previous[key]
-    return baseline
 
 
 @dataclass(frozen=True, slots=True)

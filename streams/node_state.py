@@ -32,10 +32,10 @@ from typing import Any
 
 import orjson
 
-from contracts.codec import float_from_json, float_to_json
 from contracts.records import ScrapeRecord
+from streams.aggregators import CounterIncrease, GaugeStats, HistogramDeltas, add_buckets
 from streams.config import StreamSettings
-from streams.deltas import MICROSECONDS, HistogramSnapshot, counter_delta, histogram_delta, to_seconds
+from streams.deltas import MICROSECONDS, HistogramSnapshot, to_seconds
 from streams.quantiles import parse_le
 from streams.windows import window_start
 
@@ -280,98 +280,6 @@ def _classify(name: str, fams) -> tuple[str, str, str]:
     return "", "", ""
 
 
-# -- histogram baselines as JSON ----------------------------------------------------------
-
-_LES_TO_JSON: dict[tuple, list] = {}
-_LES_FROM_JSON: dict[tuple, list] = {}
-
-
-def snap_to_json(snap: HistogramSnapshot) -> list:
-    les = tuple(sorted(snap.buckets))
-    les_json = _LES_TO_JSON.get(les)
-    if les_json is None:
-        les_json = [float_to_json(le) for le in les]
-        if len(_LES_TO_JSON) < 1000:
-            _LES_TO_JSON[les] = les_json
-    buckets = snap.buckets
-    # the bounds list is shared between baselines: it is only ever encoded, never changed
-    return [les_json, [buckets[le] for le in les], snap.count, float_to_json(snap.sum)]
-
-
-_LES_KEYS_OF: dict[tuple, list] = {}
-
-
-def fast_histogram_step(prev_json: list | None, snap: HistogramSnapshot) -> tuple | None:
-    """The common step of `histogram_delta` on a JSON baseline, without building snapshots:
-    same bounds as the baseline, every count finite, nothing went down. Returns (bucket
-    keys, bucket deltas, count delta, sum delta, new JSON baseline), or None when the step
-    is anything else (the caller then takes the general path)."""
-    if prev_json is None:
-        return None
-    les_json, prev_counts, prev_count, prev_sum_json = prev_json
-    buckets = snap.buckets
-    les = tuple(sorted(buckets))
-    cached = _LES_TO_JSON.get(les)
-    if cached is None or (cached is not les_json and cached != les_json):
-        return None
-    count, total = snap.count, snap.sum
-    prev_sum = float_from_json(prev_sum_json)
-    if not (math.isfinite(count) and count >= prev_count):
-        return None
-    if total < prev_sum and math.isfinite(total) and math.isfinite(prev_sum):
-        return None
-    counts = [buckets[le] for le in les]
-    isfinite = math.isfinite
-    deltas = []
-    for c, p in zip(counts, prev_counts):
-        if not (c >= p and isfinite(c)):
-            return None
-        deltas.append(c - p)
-    keys = _LES_KEYS_OF.get(les)
-    if keys is None:
-        keys = [le_key(le) for le in les]
-        if len(_LES_KEYS_OF) < 1000:
-            _LES_KEYS_OF[les] = keys
-    return keys, deltas, count - prev_count, total - prev_sum, [cached, counts, count, float_to_json(total)]
-
-
-def snap_from_json(obj: list) -> HistogramSnapshot:
-    les, counts, count, total = obj
-    try:
-        shape = tuple(les)
-        keys = _LES_FROM_JSON.get(shape)
-    except TypeError:
-        shape = keys = None
-    if keys is None:
-        cache = _LE_JSON
-        keys = []
-        for le in les:
-            f = cache.get(le) if isinstance(le, str) else le
-            keys.append(float_from_json(le) if f is None else f)
-        if shape is not None and len(_LES_FROM_JSON) < 1000:
-            _LES_FROM_JSON[shape] = keys
-    return HistogramSnapshot(dict(zip(keys, counts)), count, float_from_json(total))
-
-
-_LE_JSON = {"+Inf": math.inf}
-
-
-_LE_KEYS: dict[float, str] = {}
-
-
-def le_key(le: float) -> str:
-    key = _LE_KEYS.get(le)
-    if key is None:
-        key = "+Inf" if le == math.inf else repr(le)
-        if len(_LE_KEYS) < 100_000:
-            _LE_KEYS[le] = key
-    return key
-
-
-def le_from_key(key: str) -> float:
-    return math.inf if key == "+Inf" else float(key)
-
-
 # -- state --------------------------------------------------------------------------------
 
 def new_state(record: ScrapeRecord) -> dict[str, Any]:
@@ -425,59 +333,34 @@ def apply_scrape(state: dict, record: ScrapeRecord, settings: StreamSettings) ->
     # counters: Prometheus reset rule, per series; series gone from the scrape are forgotten
     old_cb = state["cb"]
     new_cb: dict[str, float] = {}
+    counter_step, counter_push = CounterIncrease.step, CounterIncrease.push
     for series, value in scrape.counters.items():
-        prev = old_cb.get(series)
-        inc = counter_delta(prev, value)
-        if math.isfinite(value):
-            new_cb[series] = value
-        elif prev is not None:
-            new_cb[series] = prev
+        inc, baseline, _reset = counter_step(old_cb.get(series), value)
+        if baseline is not None:
+            new_cb[series] = baseline
         for partial in targets:
-            c = partial["c"]
-            c[series] = c.get(series, 0.0) + inc
+            counter_push(partial["c"], series, inc)
     state["cb"] = new_cb
 
     old_hb = state["hb"]
     new_hb: dict[str, list] = {}
+    hist_step, hist_push = HistogramDeltas.step, HistogramDeltas.push
     for series, snap in scrape.hists.items():
-        prev_json = old_hb.get(series)
-        step = fast_histogram_step(prev_json, snap)
-        if step is not None:
-            keys, deltas, dcount, dsum, new_hb[series] = step
-            bucket_keys = zip(keys, deltas)
-        else:
-            prev = snap_from_json(prev_json) if prev_json is not None else None
-            delta = histogram_delta(prev, snap)
-            if delta.baseline is not None:
-                new_hb[series] = prev_json if delta.baseline is prev else snap_to_json(delta.baseline)
-            bucket_keys = [(le_key(le), d) for le, d in delta.buckets.items()]
-            dcount, dsum = delta.count, delta.sum
-        if len(targets) > 1:
-            bucket_keys = list(bucket_keys)
+        keys, deltas, dcount, dsum, baseline = hist_step(old_hb.get(series), snap)
+        if baseline is not None:
+            new_hb[series] = baseline
         for partial in targets:
             h = partial["h"].get(series)
             if h is None:
-                h = partial["h"][series] = [{}, 0.0, 0.0]
-            buckets = h[0]
-            get = buckets.get
-            for k, d in bucket_keys:
-                buckets[k] = get(k, 0.0) + d
-            h[1] += dcount
-            h[2] = float_to_json(float_from_json(h[2]) + dsum)
+                h = partial["h"][series] = HistogramDeltas.new()
+            hist_push(h, keys, deltas, dcount, dsum)
     state["hb"] = new_hb
 
+    gauge_push = GaugeStats.push
     for series, value in scrape.gauges.items():
-        v = float_to_json(value)
         for partial in targets:
-            g = partial["g"].get(series)
-            if g is None:
-                partial["g"][series] = [v, v, v]
-            else:
-                g[0] = v
-                if math.isfinite(value):
-                    lo, hi = float_from_json(g[1]), float_from_json(g[2])
-                    g[1] = v if not math.isfinite(lo) or value < lo else g[1]
-                    g[2] = v if not math.isfinite(hi) or value > hi else g[2]
+            g = partial["g"]
+            g[series] = gauge_push(g.get(series), value)
     last["since_sync"], last["stall"] = sync_health(scrape.gauges, ts)
 
 
@@ -559,8 +442,7 @@ def pooled_netprog(partial: dict) -> tuple[dict[str, float], float]:
     for series, (buckets, c, _s) in sorted(partial["h"].items()):
         if series.partition("|")[0] != NETPROG:
             continue
-        for le, d in buckets.items():
-            pooled[le] = pooled.get(le, 0.0) + d
+        add_buckets(pooled, buckets)
         count += c
     return pooled, count
 

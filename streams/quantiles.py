@@ -7,8 +7,8 @@ in Prometheus, so :func:`histogram_quantile` follows Prometheus 3's ``BucketQuan
 bucket giving NaN). Go's float semantics are kept where Python would differ: ``x/0`` gives
 ±Inf or NaN instead of raising.
 
-Bucket deltas of several series or nodes must be merged with :func:`merge_buckets` *before*
-interpolating: a quantile of a sum is not the sum (or mean) of quantiles.
+Bucket deltas of several series or nodes must be summed by bound
+(streams/aggregators.py ``add_buckets``) *before* interpolating: a quantile of a sum is not the sum (or mean) of quantiles.
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = [
     "SMALL_DELTA_TOLERANCE",
     "histogram_quantiles",
     "histogram_mean",
     "histogram_quantile",
-    "merge_buckets",
     "parse_le",
 ]
 
@@ -56,21 +55,6 @@ def parse_le(text: str) -> float:
     if not _LE_RE.fullmatch(text):
         raise ValueError(f"invalid le bound: {text!r}")
     return float(text)
-
-
-def merge_buckets(*bucket_maps: Mapping[float, float]) -> dict[float, float]:
-    """Sum cumulative bucket counts by upper bound (``sum by (le)``).
-
-    Use it to pool histograms across series or nodes before calling
-    :func:`histogram_quantile`, exactly like ``sum by (le) (...)`` in PromQL. A bound that
-    only some inputs have is summed over the inputs that have it, as PromQL does; mixing
-    bucket layouts therefore yields a histogram whose dips ``histogram_quantile`` flattens.
-    """
-    merged: dict[float, float] = {}
-    for buckets in bucket_maps:
-        for le, count in buckets.items():
-            merged[le] = merged.get(le, 0.0) + count
-    return merged
 
 
 def histogram_mean(delta_sum: float, delta_count: float) -> float | None:

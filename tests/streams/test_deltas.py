@@ -15,9 +15,6 @@ from streams.deltas import (
     HistogramSnapshot,
     counter_delta,
     histogram_delta,
-    series_baseline,
-    series_deltas,
-    series_key,
     to_seconds,
 )
 
@@ -46,34 +43,6 @@ NAN = math.nan
 )
 def test_counter_delta(previous: float | None, current: float, reset: bool, expected: float) -> None:
     assert counter_delta(previous, current, reset=reset) == expected
-
-
-def test_series_key_ignores_label_order() -> None:
-    assert series_key("m", {"b": "2", "a": "1"}) == series_key("m", {"a": "1", "b": "2"})
-    assert series_key("m", {"a": "1"}) == ("m", (("a", "1"),))
-    assert series_key("m", {}) != series_key("n", {})
-
-
-A = series_key("kubeproxy_sync_proxy_rules_endpoint_changes_total", {})
-B = series_key("kubeproxy_sync_proxy_rules_iptables_restore_failures_total", {"ip_family": "IPv4"})
-C = series_key("kubeproxy_sync_proxy_rules_iptables_restore_failures_total", {"ip_family": "IPv6"})
-GONE = series_key("kubeproxy_proxy_healthz_total", {"code": "200"})
-
-
-def test_series_deltas() -> None:
-    previous = {A: 10.0, B: 4.0, GONE: 7.0}
-    current = {A: 15.0, B: 1.0, C: 2.0}
-    assert series_deltas(previous, current) == {A: 5.0, B: 1.0, C: 0.0}
-    assert series_deltas(previous, current, reset=True) == {A: 15.0, B: 1.0, C: 0.0}
-    assert series_deltas({}, current) == {A: 0.0, B: 0.0, C: 0.0}
-    assert series_deltas(previous, {}) == {}
-
-
-def test_series_baseline() -> None:
-    previous = {A: 10.0, B: 4.0, GONE: 7.0}
-    current = {A: 15.0, B: NAN, C: NAN}
-    # NaN keeps the old value (B), or nothing if there was none (C); GONE is forgotten.
-    assert series_baseline(previous, current) == {A: 15.0, B: 4.0}
 
 
 # --- counter properties ------------------------------------------------------------------

@@ -9,7 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.quantiles import histogram_mean, histogram_quantile, merge_buckets, parse_le
+from streams.aggregators import add_buckets
+from streams.quantiles import histogram_mean, histogram_quantile, parse_le
+
+
+def merge_buckets(*bucket_maps: dict[float, float]) -> dict[float, float]:
+    """Bucket maps summed by bound, as the stage sums them (add_buckets)."""
+    merged: dict[float, float] = {}
+    for buckets in bucket_maps:
+        add_buckets(merged, buckets)
+    return merged
 
 INF = math.inf
 NAN = math.nan

@@ -12,6 +12,7 @@ import pytest
 from contracts.derived import DerivedRecord
 from contracts.records import Sample, ScrapeRecord
 from streams import aggregate, cluster, node_state, partition
+from streams.aggregators import HistogramDeltas
 from streams.config import StreamSettings, quantile_name
 from tests.streams.reference import run_reference
 from tests.streams.simdata import reference_bucket_deltas, reference_quantile, scrape_records
@@ -97,7 +98,7 @@ def test_cluster_close_rule_waits_for_every_partition_or_idle_or_silent():
 
 
 def test_quantiles_null_without_observations_and_merge_is_order_independent():
-    values = aggregate.quantile_values({"1.0": 0.0, "+Inf": 0.0}, 0.0, 0.0, (0.5, 0.99))
+    values = HistogramDeltas.flush([{"1.0": 0.0, "+Inf": 0.0}, 0.0, 0.0], (0.5, 0.99))
     assert values == {"p50": None, "p99": None, "mean": None, "count": 0.0, "sum": 0.0}
     p1 = {"node": "a", "scrapes": 1, "up": 1, "dups": 0, "left": False, "last": {"up": 1, "kpm": 1, "since_sync": 1.0,
           "stall": 0.0}, "c": {"x|{}": 0.1}, "h": {"h|{}": [{"1.0": 1.0, "+Inf": 2.0}, 2.0, 0.3]},

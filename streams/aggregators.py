@@ -1,0 +1,299 @@
+"""The stream stage's typed window aggregators, one per output kind (after VictoriaMetrics'
+lib/streamaggr): counter increase, histogram bucket deltas, gauge statistics.
+
+Each aggregator works on its compact serialized form, the JSON value node states and node
+partials hold as they are (no object per series to build on every batch):
+
+    counter increase   float                                  (partial "c")
+    histogram deltas   [{le text: delta}, count delta, sum delta as JSON]  (partial "h")
+    gauge statistics   [last, min, max] as JSON floats        (partial "g")
+
+and offers `step` (one scrape against the node's baseline, counters and histograms only),
+`push` (a step's result into a window), `merge` (another node's window into a cluster
+window, partials taken in node order so float sums do not depend on arrival order) and
+`flush` (the values of the derived record). The node close (streams/node_state.py) and the
+cluster merge (streams/aggregate.py) use the same functions; tests/streams/test_aggregators.py
+holds their tables.
+
+`add_buckets` is the one bucket summer (`sum by (le)`): window pushes, the cluster merge and
+the SLO pooling all go through it.
+"""
+
+from __future__ import annotations
+
+import math
+from operator import add, sub
+from typing import Any, Iterable, Mapping, TypeVar
+
+from contracts.codec import float_from_json, float_to_json
+from streams.config import quantile_name
+from streams.deltas import HistogramSnapshot, counter_delta, histogram_delta
+from streams.quantiles import histogram_mean, histogram_quantiles
+
+K = TypeVar("K")
+
+_isfinite = math.isfinite
+
+
+def add_buckets(into: dict[K, float], buckets: Mapping[K, float], keys: Iterable[K] | None = None) -> None:
+    """Add cumulative bucket counts by upper bound into `into` (PromQL's ``sum by (le)``).
+
+    `keys` (default: the order of `buckets`) is the order new bounds are added in. A bound
+    that only some inputs have is summed over those, as PromQL does."""
+    if len(into) == len(buckets) and into.keys() == buckets.keys():
+        # the common case (one layout): no new bound, so the order of `keys` does not matter
+        sums = list(map(add, into.values(), [buckets[k] for k in into]))
+        into.update(zip(list(into), sums))
+        return
+    get = into.get
+    for key in buckets if keys is None else keys:
+        into[key] = get(key, 0.0) + buckets[key]
+
+
+class CounterIncrease:
+    """The increase of one counter series over a window (Prometheus' reset rule, no
+    extrapolation); the node state keeps the last finite value as the baseline."""
+
+    @staticmethod
+    def step(previous: float | None, value: float) -> tuple[float, float | None, bool]:
+        """(increase, new baseline, reset) of a scrape's value against the baseline: a value
+        below the baseline is a restart (the increase is the value itself); a value that is
+        not finite is no sample (no increase, the baseline stays)."""
+        reset = previous is not None and _isfinite(value) and value < previous
+        return counter_delta(previous, value), (value if _isfinite(value) else previous), reset
+
+    @staticmethod
+    def push(window: dict[str, float], series: str, increase: float) -> None:
+        window[series] = window.get(series, 0.0) + increase
+
+    merge = push  # a node's increase into the cluster's: the same sum
+
+    @staticmethod
+    def flush(increase: float, size_s: float) -> dict[str, float]:
+        return {"increase": increase, "rate": increase / size_s}
+
+
+#: bucket bounds (sorted, floats) -> their JSON form and `le` keys, shared between series
+_LES_JSON: dict[tuple, list] = {}
+_LES_KEYS: dict[tuple, list] = {}
+_LE_KEYS: dict[float, str] = {}
+_LES_FROM_JSON: dict[tuple, list] = {}
+_LE_JSON = {"+Inf": math.inf}
+
+
+def le_key(le: float) -> str:
+    """The `le` text a bucket delta is keyed by in a partial."""
+    key = _LE_KEYS.get(le)
+    if key is None:
+        key = "+Inf" if le == math.inf else repr(le)
+        if len(_LE_KEYS) < 100_000:
+            _LE_KEYS[le] = key
+    return key
+
+
+def le_from_key(key: str) -> float:
+    return math.inf if key == "+Inf" else float(key)
+
+
+def _les_json(les: tuple) -> list:
+    les_json = _LES_JSON.get(les)
+    if les_json is None:
+        les_json = [float_to_json(le) for le in les]
+        if len(_LES_JSON) < 1000:
+            _LES_JSON[les] = les_json
+    return les_json
+
+
+def _les_keys(les: tuple) -> list:
+    keys = _LES_KEYS.get(les)
+    if keys is None:
+        keys = [le_key(le) for le in les]
+        if len(_LES_KEYS) < 1000:
+            _LES_KEYS[les] = keys
+    return keys
+
+
+class HistogramDeltas:
+    """The bucket deltas, count delta and sum delta of one classic histogram series over a
+    window. Baseline (node state): [bounds as JSON, cumulative counts, count, sum as JSON],
+    the bounds list shared between series (only ever encoded, never changed)."""
+
+    @staticmethod
+    def new() -> list:
+        return [{}, 0.0, 0.0]
+
+    @staticmethod
+    def baseline(snap: HistogramSnapshot) -> list:
+        les = tuple(sorted(snap.buckets))
+        buckets = snap.buckets
+        return [_les_json(les), [buckets[le] for le in les], snap.count, float_to_json(snap.sum)]
+
+    @staticmethod
+    def snapshot(baseline: list) -> HistogramSnapshot:
+        les, counts, count, total = baseline
+        try:
+            shape = tuple(les)
+            bounds = _LES_FROM_JSON.get(shape)
+        except TypeError:
+            shape = bounds = None
+        if bounds is None:
+            bounds = []
+            for le in les:
+                f = _LE_JSON.get(le) if isinstance(le, str) else le
+                bounds.append(float_from_json(le) if f is None else f)
+            if shape is not None and len(_LES_FROM_JSON) < 1000:
+                _LES_FROM_JSON[shape] = bounds
+        return HistogramSnapshot(dict(zip(bounds, counts)), count, float_from_json(total))
+
+    @staticmethod
+    def step(previous: list | None, snap: HistogramSnapshot) -> tuple[list, list, float, float, list | None]:
+        """(le keys, bucket deltas, count delta, sum delta, new baseline) of a scrape against
+        the baseline, by streams.deltas.histogram_delta's rules (first scrape: zero deltas;
+        anything gone down: a restart, the deltas are the scrape itself; a changed layout:
+        re-baselined). The new baseline is None when there is none."""
+        fast = _common_step(previous, snap)
+        if fast is not None:
+            return fast
+        prev = HistogramDeltas.snapshot(previous) if previous is not None else None
+        delta = histogram_delta(prev, snap)
+        if delta.baseline is None:
+            baseline = None
+        else:
+            baseline = previous if delta.baseline is prev else HistogramDeltas.baseline(delta.baseline)
+        return ([le_key(le) for le in delta.buckets], list(delta.buckets.values()), delta.count, delta.sum,
+                baseline)
+
+    @staticmethod
+    def push(window: list, keys: list, deltas: list, count: float, total: float) -> None:
+        buckets = window[0]
+        if len(buckets) == len(keys) and list(buckets) == keys:
+            window[0] = dict(zip(keys, map(add, buckets.values(), deltas)))
+        else:
+            get = buckets.get
+            for k, d in zip(keys, deltas):
+                buckets[k] = get(k, 0.0) + d
+        window[1] += count
+        window[2] = float_to_json(float_from_json(window[2]) + total)
+
+    @staticmethod
+    def merge(window: list, other: list) -> None:
+        """Another node's deltas of the same series and window (buckets by bound)."""
+        buckets, count, total = other
+        add_buckets(window[0], buckets, keys_by_bound(buckets))
+        window[1] += count
+        window[2] = float_to_json(float_from_json(window[2]) + float_from_json(total))
+
+    @staticmethod
+    def flush(window: list, quantiles: Iterable[float]) -> dict[str, Any]:
+        """Quantiles (interpolated over the summed bucket deltas), mean, count and sum."""
+        buckets, count, total = window
+        values: dict[str, float | None] = {}
+        if count > 0:
+            for q, value in zip(quantiles, histogram_quantiles(quantiles, bound_pairs(buckets))):
+                values[quantile_name(q)] = value
+        else:
+            for q in quantiles:
+                values[quantile_name(q)] = None
+        total = float_from_json(total)
+        values["mean"] = histogram_mean(total, count)
+        values["count"] = count
+        values["sum"] = total if count > 0 else 0.0
+        return values
+
+
+def _common_step(previous: list | None, snap: HistogramSnapshot) -> tuple | None:
+    """HistogramDeltas.step's common case, straight on the JSON baseline: same bounds, every
+    count finite, nothing went down. None for anything else (the general rules decide)."""
+    if previous is None:
+        return None
+    les_json, prev_counts, prev_count, prev_sum_json = previous
+    buckets = snap.buckets
+    les = tuple(sorted(buckets))
+    cached = _LES_JSON.get(les)
+    if cached is None or (cached is not les_json and cached != les_json):
+        return None
+    count, total = snap.count, snap.sum
+    prev_sum = float_from_json(prev_sum_json)
+    if not (_isfinite(count) and count >= prev_count):
+        return None
+    if total < prev_sum and _isfinite(total) and _isfinite(prev_sum):
+        return None
+    counts = [buckets[le] for le in les]
+    deltas = list(map(sub, counts, prev_counts))
+    # every count finite (a NaN or an infinity makes the sum one) and none went down
+    if not (_isfinite(sum(counts)) and (not deltas or min(deltas) >= 0)):
+        return None
+    return _les_keys(les), deltas, count - prev_count, total - prev_sum, [cached, counts, count, float_to_json(total)]
+
+
+class GaugeStats:
+    """Last, min and max of one gauge series over a window (NaN ignored by min and max
+    until a number comes); merged across nodes, `last` is the sum of the nodes' last values."""
+
+    @staticmethod
+    def push(window: list | None, value: float) -> list:
+        v = float_to_json(value)
+        if window is None:
+            return [v, v, v]
+        window[0] = v
+        if _isfinite(value):
+            lo, hi = float_from_json(window[1]), float_from_json(window[2])
+            if not _isfinite(lo) or value < lo:
+                window[1] = v
+            if not _isfinite(hi) or value > hi:
+                window[2] = v
+        return window
+
+    @staticmethod
+    def merge(window: list | None, other: list) -> list:
+        last, lo, hi = other
+        if window is None:
+            return [last, lo, hi]
+        window[0] = float_to_json(float_from_json(window[0]) + float_from_json(last))
+        window[1] = float_to_json(_nan_min(float_from_json(window[1]), float_from_json(lo)))
+        window[2] = float_to_json(_nan_max(float_from_json(window[2]), float_from_json(hi)))
+        return window
+
+    @staticmethod
+    def flush(window: list) -> dict[str, float]:
+        last, lo, hi = window
+        return {"last": float_from_json(last), "min": float_from_json(lo), "max": float_from_json(hi)}
+
+
+def _nan_min(a: float, b: float) -> float:
+    return b if math.isnan(a) else a if math.isnan(b) else min(a, b)
+
+
+def _nan_max(a: float, b: float) -> float:
+    return b if math.isnan(a) else a if math.isnan(b) else max(a, b)
+
+
+_BOUNDS: dict[tuple, tuple] = {}
+
+
+def bound_pairs(buckets: dict[str, float]) -> list[tuple[float, float]]:
+    """(upper bound, count) of bucket deltas keyed by `le` text; the bounds of a key layout
+    are parsed once (a histogram keeps its layout window after window)."""
+    keys = tuple(buckets)
+    bounds = _BOUNDS.get(keys)
+    if bounds is None:
+        bounds = tuple(map(le_from_key, keys))
+        if len(_BOUNDS) >= 10_000:
+            _BOUNDS.clear()
+        _BOUNDS[keys] = bounds
+    return list(zip(bounds, buckets.values()))
+
+
+_BY_BOUND: dict[tuple, list] = {}
+
+
+def keys_by_bound(buckets: dict[str, float]) -> list[str]:
+    """The `le` keys of bucket deltas in order of their bound (remembered per layout)."""
+    keys = tuple(buckets)
+    ordered = _BY_BOUND.get(keys)
+    if ordered is None:
+        ordered = sorted(keys, key=le_from_key)
+        if len(_BY_BOUND) >= 10_000:
+            _BY_BOUND.clear()
+        _BY_BOUND[keys] = ordered
+    return ordered

@@ -1,0 +1,166 @@
+"""The typed window aggregators the node close and the cluster merge share: step, push, merge
+and flush of each, on their compact (JSON) forms."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+
+from streams.aggregators import (
+    CounterIncrease,
+    GaugeStats,
+    HistogramDeltas,
+    add_buckets,
+    bound_pairs,
+    keys_by_bound,
+)
+from streams.deltas import HistogramSnapshot
+
+INF = math.inf
+NAN = math.nan
+
+
+# -- counter increase -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("previous", "value", "expected"),
+    [
+        (None, 5.0, (0.0, 5.0, False)),  # first sample: no increase, it becomes the baseline
+        (3.0, 5.0, (2.0, 5.0, False)),
+        (5.0, 5.0, (0.0, 5.0, False)),
+        (5.0, 3.0, (3.0, 3.0, True)),  # went down: a restart, the increase is the new value
+        (5.0, 0.0, (0.0, 0.0, True)),
+        (5.0, NAN, (0.0, 5.0, False)),  # not a sample: the baseline stays
+        (5.0, INF, (0.0, 5.0, False)),
+        (None, NAN, (0.0, None, False)),  # no baseline at all: the series is not kept
+    ],
+)
+def test_counter_step(previous, value, expected):
+    assert CounterIncrease.step(previous, value) == expected
+
+
+def test_counter_push_merge_flush():
+    window: dict[str, float] = {}
+    for series, inc in (("a", 1.0), ("b", 0.0), ("a", 2.5)):
+        CounterIncrease.push(window, series, inc)
+    assert window == {"a": 3.5, "b": 0.0}
+    cluster: dict[str, float] = {}
+    for node_window in (window, {"a": 0.5, "c": 4.0}):
+        for series, inc in sorted(node_window.items()):
+            CounterIncrease.merge(cluster, series, inc)
+    assert cluster == {"a": 4.0, "b": 0.0, "c": 4.0}
+    assert CounterIncrease.flush(cluster["a"], 60.0) == {"increase": 4.0, "rate": 4.0 / 60.0}
+
+
+# -- histogram deltas -------------------------------------------------------------------------
+
+def snap(buckets: dict[float, float], sum_: float = 0.0, count: float | None = None) -> HistogramSnapshot:
+    return HistogramSnapshot(buckets, buckets[INF] if count is None else count, sum_)
+
+
+FIRST = snap({0.5: 1.0, 1.0: 3.0, INF: 4.0}, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("current", "expected_deltas", "expected_count", "expected_sum", "new_baseline"),
+    [
+        # the common step: per-bound differences, sorted by bound
+        (snap({INF: 7.0, 1.0: 5.0, 0.5: 2.0}, 3.5), [1.0, 2.0, 3.0], 3.0, 1.5, "current"),
+        # nothing happened
+        (snap({0.5: 1.0, 1.0: 3.0, INF: 4.0}, 2.0), [0.0, 0.0, 0.0], 0.0, 0.0, "current"),
+        # a bucket went down: a restart, the deltas are the scrape itself
+        (snap({0.5: 0.0, 1.0: 1.0, INF: 1.0}, 0.25), [0.0, 1.0, 1.0], 1.0, 0.25, "current"),
+        # a bucket that is not a number: no delta, the baseline stays
+        (snap({0.5: NAN, 1.0: 5.0, INF: 7.0}, 3.5), [0.0, 0.0, 0.0], 0.0, 0.0, "previous"),
+        # another layout without a restart: re-baselined, no delta this step
+        (snap({0.25: 1.0, 1.0: 5.0, INF: 7.0}, 3.5), [0.0, 0.0, 0.0], 0.0, 0.0, "current"),
+    ],
+)
+def test_histogram_step(current, expected_deltas, expected_count, expected_sum, new_baseline):
+    previous = HistogramDeltas.baseline(FIRST)
+    keys, deltas, count, total, baseline = HistogramDeltas.step(previous, current)
+    assert sorted(zip(keys, deltas), key=lambda kd: float(kd[0])) == sorted(
+        zip((repr(le) if le != INF else "+Inf" for le in sorted(current.buckets)), expected_deltas),
+        key=lambda kd: float(kd[0]))
+    assert (count, total) == (expected_count, expected_sum)
+    want = previous if new_baseline == "previous" else HistogramDeltas.baseline(current)
+    assert orjson.dumps(baseline) == orjson.dumps(want)
+
+
+def test_histogram_first_step_has_zero_deltas_and_baselines():
+    keys, deltas, count, total, baseline = HistogramDeltas.step(None, FIRST)
+    assert keys == ["0.5", "1.0", "+Inf"] and deltas == [0.0, 0.0, 0.0] and (count, total) == (0.0, 0.0)
+    assert baseline == [[0.5, 1.0, "+Inf"], [1.0, 3.0, 4.0], 4.0, 2.0]  # its compact form
+    assert HistogramDeltas.snapshot(baseline) == FIRST
+
+
+def test_histogram_push_merge_flush():
+    window = HistogramDeltas.new()
+    HistogramDeltas.push(window, ["0.5", "+Inf"], [1.0, 2.0], 2.0, 0.75)
+    HistogramDeltas.push(window, ["0.5", "+Inf"], [0.0, 1.0], 1.0, 1.25)
+    assert window == [{"0.5": 1.0, "+Inf": 3.0}, 3.0, 2.0]
+    HistogramDeltas.push(window, ["0.25", "+Inf"], [1.0, 1.0], 1.0, 0.0)  # a bound it did not have
+    assert window == [{"0.5": 1.0, "+Inf": 4.0, "0.25": 1.0}, 4.0, 2.0]
+    cluster = HistogramDeltas.new()
+    HistogramDeltas.merge(cluster, window)
+    HistogramDeltas.merge(cluster, [{"+Inf": 1.0, "0.5": 1.0}, 1.0, "NaN"])
+    assert list(cluster[0]) == ["0.25", "0.5", "+Inf"]  # new bounds come in order of bound
+    assert cluster[0] == {"0.25": 1.0, "0.5": 2.0, "+Inf": 5.0} and cluster[1] == 5.0 and cluster[2] == "NaN"
+    values = HistogramDeltas.flush([{"0.5": 2.0, "1.0": 4.0, "+Inf": 4.0}, 4.0, 2.0], (0.5, 0.99))
+    assert values == {"p50": 0.5, "p99": pytest.approx(0.99), "mean": 0.5, "count": 4.0, "sum": 2.0}
+    empty = HistogramDeltas.flush([{"1.0": 0.0, "+Inf": 0.0}, 0.0, 0.0], (0.5,))
+    assert empty == {"p50": None, "mean": None, "count": 0.0, "sum": 0.0}
+
+
+# -- gauge statistics -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([3.0], [3.0, 3.0, 3.0]),
+        ([3.0, 1.0, 2.0], [2.0, 1.0, 3.0]),
+        ([NAN, 2.0, 5.0], [5.0, 2.0, 5.0]),  # NaN is no min or max once a number came
+        ([2.0, NAN], ["NaN", 2.0, 2.0]),  # but it is the last value
+        ([INF, 1.0], [1.0, 1.0, 1.0]),
+    ],
+)
+def test_gauge_push(values, expected):
+    window = None
+    for value in values:
+        window = GaugeStats.push(window, value)
+    assert window == expected  # the compact form: JSON floats
+
+
+def test_gauge_merge_flush():
+    cluster = None
+    for node_window in ([2.0, 1.0, 3.0], [5.0, "NaN", 4.0], ["NaN", 0.5, "NaN"]):
+        cluster = GaugeStats.merge(cluster, node_window)
+    # last: summed over nodes (NaN poisons the sum); min and max ignore NaN
+    assert cluster == ["NaN", 0.5, 4.0]
+    flushed = GaugeStats.flush([7.0, 1.0, "+Inf"])
+    assert flushed == {"last": 7.0, "min": 1.0, "max": INF}
+
+
+# -- buckets by bound -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("into", "buckets", "keys", "expected"),
+    [
+        ({}, {"1": 1.0, "+Inf": 2.0}, None, {"1": 1.0, "+Inf": 2.0}),
+        ({"1": 1.0, "+Inf": 2.0}, {"+Inf": 3.0, "1": 1.0}, None, {"1": 2.0, "+Inf": 5.0}),  # same layout
+        ({"1": 1.0, "+Inf": 2.0}, {"+Inf": 3.0, "0.5": 1.0}, None, {"1": 1.0, "+Inf": 5.0, "0.5": 1.0}),
+        ({"+Inf": 2.0}, {"+Inf": 3.0, "0.5": 1.0, "2": 0.0}, ["0.5", "2", "+Inf"],
+         {"+Inf": 5.0, "0.5": 1.0, "2": 0.0}),
+    ],
+)
+def test_add_buckets(into, buckets, keys, expected):
+    add_buckets(into, buckets, keys)
+    assert into == expected and list(into) == list(expected)
+
+
+def test_bucket_keys_by_bound_and_bound_pairs():
+    buckets = {"+Inf": 3.0, "0.5": 1.0, "10": 2.0, "2": 1.5}
+    assert keys_by_bound(buckets) == ["0.5", "2", "10", "+Inf"]
+    assert bound_pairs(buckets) == [(INF, 3.0), (0.5, 1.0), (10.0, 2.0), (2.0, 1.5)]
