@@ -15,14 +15,16 @@ TOOLS        := .kpp/tools
 HELM_VERSION := v4.3.2
 HELM         := $(TOOLS)/helm
 HELM_STAMP   := $(TOOLS)/.helm-$(HELM_VERSION)
+# Go from PATH, else where its official archive installs (a PATH without it is common in CI).
+GO           ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 
 ## tools: install the pinned helm into .kpp/tools (skipped when that version is there; needs Go)
 tools:
 	@if [ -x $(HELM) ] && [ -f $(HELM_STAMP) ]; then exit 0; fi; \
-	command -v go >/dev/null || { echo "Go is needed to install helm $(HELM_VERSION) (go install)"; exit 1; }; \
+	[ -x "$(GO)" ] || { echo "Go is needed to install helm $(HELM_VERSION) (go install)"; exit 1; }; \
 	mkdir -p $(TOOLS) && rm -f $(TOOLS)/.helm-* && \
 	echo "installing helm $(HELM_VERSION) into $(TOOLS)" && \
-	GOBIN=$(abspath $(TOOLS)) go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION) && touch $(HELM_STAMP)
+	GOBIN=$(abspath $(TOOLS)) $(GO) install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION) && touch $(HELM_STAMP)
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (found " + sys.version.split()[0] + ")")'
