@@ -8,8 +8,8 @@ import asyncio
 from collections import defaultdict
 from types import SimpleNamespace
 
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from streams import partition
 from streams.config import StreamSettings
@@ -89,7 +89,8 @@ def test_heartbeat_counts_node_states_and_open_windows_of_held_partitions() -> N
     assert got[("kpp_stream_open_windows", ())] == 3
     # cluster windows wait for every source partition: two open in a held cluster-partials partition
     index = {"open": {"sim": {"60000": {"1700000280000": 1}, "300000": {"1700000100000": 1}}}}
-    metrics.heartbeat(node, SimpleNamespace(table={"index:0": index}), [TP(topic=S.cluster_partials_topic, partition=0)])
+    held = [TP(topic=S.cluster_partials_topic, partition=0)]
+    metrics.heartbeat(node, SimpleNamespace(table={"index:0": index}), held)
     got = samples(metrics)
     assert got[("kpp_stream_node_states", ())] == 0  # the node-stage partition is not held any more
     assert got[("kpp_stream_open_windows", ())] == 2
