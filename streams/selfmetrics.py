@@ -101,8 +101,7 @@ def group_lag(committed: dict[Any, int | None], beginning: dict[Any, int], end: 
     return lag
 
 
-def stream_health(now: float, started: float | None, last_beat: float | None,
-                  stall_after_s: float = STALL_AFTER_S) -> tuple[bool, str]:
+def stream_health(now: float, last_beat: float | None, stall_after_s: float = STALL_AFTER_S) -> tuple[bool, str]:
     """Liveness: the event loop ran a heartbeat within `stall_after_s` (idle and polling,
     or riding out a broker outage, is alive); before the first one the worker is starting."""
     if last_beat is None:
@@ -110,7 +109,7 @@ def stream_health(now: float, started: float | None, last_beat: float | None,
     quiet = now - last_beat
     if quiet > stall_after_s:
         return False, f"event loop stalled: no heartbeat for {quiet:.0f} s"
-    return True, f"ok (running {now - (started or now):.0f} s)"
+    return True, f"ok: last heartbeat {quiet:.1f} s ago"
 
 
 def stream_ready(last_beat: float | None) -> tuple[bool, str]:
@@ -142,7 +141,6 @@ class StreamMetrics(StageMetrics):
         self.newest_end_ms: int | None = None
         self.open_windows = 0
         self.node_states = 0
-        self.started = clock()
         self.last_beat: float | None = None
         self.lag: dict[tuple[str, int], int] = {}
         r.register(_StreamGauges(self))
@@ -191,7 +189,7 @@ class StreamMetrics(StageMetrics):
     # -- from the HTTP thread -------------------------------------------------------
 
     def health(self) -> tuple[bool, str]:
-        return stream_health(self.clock(), self.started, self.last_beat)
+        return stream_health(self.clock(), self.last_beat)
 
     def ready(self) -> tuple[bool, str]:
         return stream_ready(self.last_beat)
@@ -239,7 +237,7 @@ class LagReader:
         self.topics = topics
         self.every_s = every_s
         self.stopped = threading.Event()
-        self.failing = False
+        self.failures = 0  # reads failed in a row
 
     def start(self) -> "LagReader":
         threading.Thread(target=self._run, name="stream-lag", daemon=True).start()
@@ -258,15 +256,17 @@ class LagReader:
                     consumer = KafkaConsumer(**kwargs, group_id=None, enable_auto_commit=False,
                                              client_id="kpp-stream-lag")
                 self.metrics.lag = self.read(admin, consumer)
-                if self.failing:
+                if self.failures >= 2:
                     log.info("consumer lag readable again")
-                self.failing = False
+                self.failures = 0
             except Exception as exc:  # noqa: BLE001 - a broker outage the worker rides out
                 self.metrics.lag = {}
-                if not self.failing:
+                self.failures += 1
+                # once per outage, from the second failure in a row: a coordinator not ready
+                # yet on a fresh broker is not one
+                if self.failures == 2:
                     log.warning("cannot read the stream group's consumer lag (series dropped until Kafka "
                                 "answers): %s", exc)
-                self.failing = True
                 for client in (admin, consumer):
                     if client is not None:
                         try:

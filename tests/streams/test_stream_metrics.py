@@ -125,7 +125,7 @@ def test_group_lag_counts_from_the_beginning_where_nothing_is_committed() -> Non
 
 
 def test_health_tolerates_an_idle_worker_and_fails_a_stalled_loop() -> None:
-    assert stream_health(100.0, 0.0, None) == (True, "starting")
-    assert stream_health(100.0, 0.0, 95.0)[0] is True
-    ok, text = stream_health(500.0, 0.0, 300.0, stall_after_s=120.0)
+    assert stream_health(100.0, None) == (True, "starting")
+    assert stream_health(100.0, 95.0) == (True, "ok: last heartbeat 5.0 s ago")
+    ok, text = stream_health(500.0, 300.0, stall_after_s=120.0)
     assert not ok and "no heartbeat for 200 s" in text

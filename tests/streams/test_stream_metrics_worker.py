@@ -1,12 +1,17 @@
 """`kpp stream --listen`: a real worker process against the real broker serves /metrics,
-/healthz and /readyz; its counters follow the input it processed and the group's lag drains."""
+/healthz and /readyz; its counters follow the input it processed and the group's lag drains;
+it stays live while the broker is down."""
 
 from __future__ import annotations
+
+import re
+import time
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from contracts.kafka import KafkaConnection
 from tests.conftest import free_port, wait_until
 from tests.streams.harness import Worker, create_topics, produce, unique_prefix
 from tests.streams.simdata import scrape_records
@@ -92,3 +97,38 @@ def test_a_second_worker_on_a_taken_address_says_so_and_keeps_working(kafka, tmp
         if second is not None:
             second.stop()
         first.stop()
+
+
+def heartbeat_age(listen: str) -> float | None:
+    """Seconds since the worker's last heartbeat, from its /healthz text (None: no answer)."""
+    try:
+        answer = httpx.get(f"http://{listen}/healthz", timeout=5)
+    except httpx.HTTPError:
+        return None
+    match = re.search(r"last heartbeat ([0-9.]+) s ago", answer.text)
+    return float(match.group(1)) if answer.status_code == 200 and match else None
+
+
+def test_healthz_stays_200_while_the_broker_is_down(private_kafka, tmp_path) -> None:
+    kafka = KafkaConnection(bootstrap=private_kafka.address)
+    prefix = unique_prefix()
+    create_topics(kafka, prefix, 1)
+    listen = f"127.0.0.1:{free_port()}"
+    worker = Worker(kafka, prefix, 1, tmp_path, "--listen", listen)
+    try:
+        lag_key = ("kpp_stream_consumer_lag", (("partition", "0"), ("topic", f"{prefix}.samples")))
+        assert wait_until(lambda: lag_key in scrape(listen) and heartbeat_age(listen) is not None, 90), \
+            worker.output()[-3000:]
+        failed = "cannot read the stream group's consumer lag"
+        before = worker.output().count(failed)
+        private_kafka.down()
+        # the lag reader finds Kafka gone (two reads, 15 s apart) and drops the series ...
+        assert wait_until(lambda: worker.output().count(failed) > before, 60), worker.output()[-3000:]
+        seen_down = time.monotonic()
+        assert lag_key not in scrape(listen)
+        # ... while the event loop keeps its heartbeat: one comes after the outage was seen
+        assert wait_until(lambda: (age := heartbeat_age(listen)) is not None and age < time.monotonic() - seen_down,
+                          30), worker.output()[-3000:]
+        assert worker.proc.poll() is None and status(listen, "/healthz") == 200
+    finally:
+        worker.stop()
