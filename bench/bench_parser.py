@@ -22,7 +22,9 @@ import argparse
 import datetime as dt
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -136,6 +138,94 @@ def _best_rate(samples: int, run: Callable[[], object], repeat: int, min_time: f
     return best
 
 
+# --------------------------------------------------------------------------------------------
+# `kpp parse FILE > out.jsonl` as a whole process
+
+def replicated_exposition(text: str, replicas: int) -> str:
+    """A real capture made large: each family's HELP/TYPE once, then its sample lines once per
+    replica with a `replica="NNNN"` label added last (every series distinct, as on a big target)."""
+    blocks: list[tuple[list[str], list[str]]] = []
+    for line in text.splitlines():
+        if not line:
+            continue
+        if line.startswith("#"):
+            if not blocks or blocks[-1][1]:
+                blocks.append(([], []))
+            blocks[-1][0].append(line)
+        else:
+            if not blocks:
+                blocks.append(([], []))
+            blocks[-1][1].append(line)
+    out: list[str] = []
+    for comments, samples in blocks:
+        out.extend(comments)
+        for replica in range(replicas):
+            label = f'replica="{replica:04d}"'
+            for sample in samples:
+                head, _, rest = sample.partition(" ")
+                if head.endswith("{}"):
+                    out.append(f"{head[:-1]}{label}}} {rest}")
+                elif head.endswith("}"):
+                    out.append(f"{head[:-1]},{label}}} {rest}")
+                else:
+                    out.append(f"{head}{{{label}}} {rest}")
+    return "\n".join(out) + "\n"
+
+
+def _child_run(argv: list[str], stdout_path: Path) -> tuple[float, float]:
+    """(wall s, CPU s = user + system of the child) of one run of `argv`, stdout to a file."""
+    with open(stdout_path, "wb") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.read().decode()[:500]}")
+    proc.stderr.close()
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def whole_process(capture: Path, replicas: int, repeat: int) -> dict:
+    """`kpp parse FILE > out.jsonl` (start-up, parse, JSON out) against prometheus_client parsing
+    the same text in-process; best of `repeat` for each, wall and CPU."""
+    kpp = Path(sys.executable).with_name("kpp")
+    text = replicated_exposition(capture.read_text(encoding="utf-8"), replicas)
+    with tempfile.TemporaryDirectory(prefix="kpp-bench-parse-") as tmp:
+        source = Path(tmp) / "exposition.txt"
+        source.write_text(text, encoding="utf-8")
+        out = Path(tmp) / "out.jsonl"
+        tiny = Path(tmp) / "tiny.txt"
+        tiny.write_text("a 1\n", encoding="utf-8")
+        ours = [_child_run([str(kpp), "parse", str(source)], out) for _ in range(repeat)]
+        lines = out.read_bytes().count(b"\n")
+        startup = [_child_run([str(kpp), "parse", str(tiny)], Path(tmp) / "tiny.jsonl") for _ in range(repeat)]
+    reference = []
+    for _ in range(repeat):
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        count = _consume_prometheus_client(text)
+        reference.append((time.perf_counter() - wall0, time.process_time() - cpu0))
+    if count != lines:
+        raise RuntimeError(f"kpp parse printed {lines} lines, prometheus_client parsed {count} samples")
+    return {"samples": count, "mb": len(text.encode()) / 1e6, "replicas": replicas,
+            "ours_wall": min(w for w, _ in ours), "ours_cpu": min(c for _, c in ours),
+            "startup_wall": min(w for w, _ in startup), "startup_cpu": min(c for _, c in startup),
+            "ref_wall": min(w for w, _ in reference), "ref_cpu": min(c for _, c in reference)}
+
+
+WHOLE_ROW = "| `kpp parse` whole process |"
+
+
+def previous_whole(results: Path = REPO / "bench" / "RESULTS.md") -> str:
+    """'wall s / CPU s' of the whole-process row in the last committed results, or '–'."""
+    if results.is_file():
+        for line in results.read_text(encoding="utf-8").splitlines():
+            if line.startswith(WHOLE_ROW):
+                cells = [c.strip() for c in line.strip("|").split("|")]
+                return f"{cells[1]} / {cells[2]}"
+    return "–"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5,
@@ -147,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="directory of *.txt captures (default tests/fixtures/kube-proxy)")
     parser.add_argument("--synthetic-samples", type=int, default=200_000,
                         help="approximate size of the synthetic input (default 200000)")
+    parser.add_argument("--replicas", type=int, default=344,
+                        help="copies of the v1.28 capture in the whole-process input (default 344: "
+                             "211,560 samples)")
     args = parser.parse_args(argv)
 
     inputs: list[tuple[str, str]] = []
@@ -175,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((label, ours_count, warm, cold, reference))
         print(f"  {label}: done", file=sys.stderr)
 
+    previous = previous_whole()
+    load_before_whole = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    whole = whole_process(args.fixtures / "v1.28.0-iptables.txt", args.replicas, max(3, args.repeat // 2 + 1))
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     report = [
         "# Parser benchmark: producers.parser vs prometheus_client",
@@ -194,6 +290,33 @@ def main(argv: list[str] | None = None) -> int:
     for label, count, warm, cold, reference in rows:
         report.append(f"| {label} | {count:,} | {warm:,.0f} | {cold:,.0f} | {reference:,.0f} "
                       f"| {warm / reference:.1f}x | {cold / reference:.1f}x |")
+    report += [
+        "",
+        "## `kpp parse FILE > out.jsonl`, whole process, vs prometheus_client's parse of the same file",
+        "",
+        f"- input: tests/fixtures/kube-proxy/v1.28.0-iptables.txt repeated {whole['replicas']} times with a "
+        f"`replica` label: {whole['samples']:,} samples, {whole['mb']:.1f} MB",
+        f"- load average before this part: {load_before_whole}; after: {load}",
+        f"- ours: the `kpp` console script in a subprocess, stdout to a file (start-up, parse, JSON lines); "
+        f"CPU = the child's user + system time (wait4). prometheus_client: "
+        f"`text_string_to_metric_families` consuming every sample, in-process, no start-up, no output. "
+        f"Best of {max(3, args.repeat // 2 + 1)} each. Previous run: the figures of the last committed "
+        f"bench/RESULTS.md: {previous} (wall / CPU s).",
+        "",
+        "| measure | wall s | CPU s | samples/s (CPU) |",
+        "|---|---:|---:|---:|",
+        f"{WHOLE_ROW} {whole['ours_wall']:.2f} | {whole['ours_cpu']:.2f} "
+        f"| {whole['samples'] / whole['ours_cpu']:,.0f} |",
+        f"| of which start-up (`kpp parse` of a one-line file) | {whole['startup_wall']:.2f} "
+        f"| {whole['startup_cpu']:.2f} | – |",
+        f"| prometheus_client parse only, in-process | {whole['ref_wall']:.2f} | {whole['ref_cpu']:.2f} "
+        f"| {whole['samples'] / whole['ref_cpu']:,.0f} |",
+        f"| ratio prometheus_client / `kpp parse` (goal ≥ 5×) | {whole['ref_wall'] / whole['ours_wall']:.1f}× "
+        f"| {whole['ref_cpu'] / whole['ours_cpu']:.1f}× | |",
+        "",
+        "`kpp import` of Prometheus text shares the parser (`parse_families`) but not the JSON-lines "
+        "output, which is `kpp parse`'s own.",
+    ]
     text = "\n".join(report) + "\n"
     emit(text, args.out)
     return 0
