@@ -179,3 +179,96 @@ def load(vm_url: str, scenario: Scenario, start_s: int, minutes: float, nodes: i
     if scenario.producer_metrics:
         points += import_series(vm_url, producer_series(scenario, cluster, start_s, minutes, nodes=nodes))
     return Loaded(scenario, cluster, start_s, start_s + int(minutes * 60), points)
+
+
+# -- the stages' own metrics ---------------------------------------------------------------
+# Synthetic scrapes of `kpp produce`, `kpp stream` and `kpp sink` /metrics (names and labels
+# as the stages expose them, plus the target labels a Kubernetes scrape adds), and the
+# cluster health series the sink writes, for the pipeline alerts (deploy/alerts/pipeline.rules.yaml).
+
+Series = tuple[dict[str, str], list[int], list[float]]
+
+#: scenario -> what goes wrong from minute `SELF_FAULT_MIN` on; "healthy" nothing.
+SELF_SCENARIOS = ("healthy", "health-stops", "producers-gone", "spool-dropping", "store-down", "sink-dlq",
+                  "sink-dlq-burst", "stream-dlq", "late", "late-burst", "stream-lag", "sink-lag",
+                  "lag-burst", "lag-draining")
+SELF_FAULT_MIN = 20
+SELF_SCRAPE_S = 30
+STREAM_WORKERS = 2
+SCRAPES_PER_MIN = 600  # 50 nodes every 15 s, processed by each stream worker
+
+
+def self_metric_series(scenario: str, ns: str, start_s: int, minutes: int) -> list[Series]:
+    """Every series of one deployment (namespace and cluster `ns`): 3 producers, 2 stream
+    workers, 1 sink, scraped every 30 s, healthy until SELF_FAULT_MIN, then `scenario`. As
+    prometheus_client exposes them, a labelled counter (dead letters and late records by
+    reason) has no series before its first increment."""
+    assert scenario in SELF_SCENARIOS, scenario
+    fault_s = start_s + SELF_FAULT_MIN * 60
+    times = list(range(start_s, start_s + minutes * 60 + 1, SELF_SCRAPE_S))
+    after = [max(0, t - fault_s) for t in times]  # seconds into the fault (0 before it)
+    out: list[Series] = []
+
+    def add(name: str, labels: dict[str, str], values: list[float], until: int | None = None,
+            since: int | None = None) -> None:
+        kept = [(t, v) for t, v in zip(times, values)
+                if (until is None or t < until) and (since is None or t >= since)]
+        out.append(({"__name__": name, **labels}, [t for t, _ in kept], [v for _, v in kept]))
+
+    def target(stage: str, i: int, port: int) -> dict[str, str]:
+        return {"job": f"{ns}/{stage}", "namespace": ns, "pod": f"kpp-{stage}-{i}", "instance": f"10.1.{i}.1:{port}"}
+
+    # the sink's cluster health record, one point per 60 s window (stamped with the window end)
+    health = [t for t in range(start_s + 60, start_s + minutes * 60 + 1, 60)
+              if scenario != "health-stops" or t < fault_s]
+    out.append(({"__name__": "kubeproxy:kube_proxy:nodes", "cluster": ns, "scope": "cluster", "window": "60s"},
+                health, [50.0] * len(health)))
+
+    for i in range(3):
+        labels = {**target("producer", i, 9811), "cluster": ns, "node": f"node-{i:03d}"}
+        add("kpp_producer_up", {**labels, "target": "http://127.0.0.1:10249/metrics"}, [1.0] * len(times),
+            until=fault_s if scenario == "producers-gone" else None)
+        dropped = [5.0 * (a // SELF_SCRAPE_S) if scenario == "spool-dropping" and i == 1 else 0.0 for a in after]
+        add("kpp_producer_spool_dropped_total", labels, dropped)
+
+    for w in range(STREAM_WORKERS):
+        labels = target("stream", w, 9813)
+        add("kpp_stream_up", labels, [1.0] * len(times))
+        scrapes = [SCRAPES_PER_MIN * (t - start_s) / 60 for t in times]
+        add("kpp_stream_scrapes_total", labels, scrapes)
+        if scenario == "late" and w == 1:  # 5 % of the scrapes, steadily
+            add("kpp_stream_late_total", {**labels, "reason": "window_closed"},
+                [0.05 * SCRAPES_PER_MIN * (a + SELF_SCRAPE_S) / 60 for a in after], since=fault_s)
+        elif scenario == "late-burst" and w == 1:  # 3 early on, one burst of 500 (spools replaying), then none
+            add("kpp_stream_late_total", {**labels, "reason": "window_closed"},
+                [503.0 if a > 0 else 3.0 for a in after], since=start_s + 5 * 60)
+        if scenario == "stream-dlq" and w == 0:  # 2 a minute
+            add("kpp_stream_dlq_total", {**labels, "reason": "decode"}, [2.0 + a // 30 for a in after], since=fault_s)
+        for p in range(3):
+            lag = []
+            for k, a in enumerate(after):
+                base = float((k * 7 + p * 13) % 40)  # a healthy lag: tens of records, up and down
+                if p == 1 and a > 0 and scenario == "stream-lag":
+                    base = 1200 + 200 * a / 60  # above the floor and growing 200 records a minute
+                elif p == 1 and scenario == "lag-burst" and 0 < a <= 180:
+                    base = 50_000  # three minutes of burst ...
+                elif p == 1 and scenario == "lag-burst" and 180 < a <= 480:
+                    base = 50_000 * (480 - a) / 300  # ... drained in five
+                elif p == 1 and scenario == "lag-draining" and a > 0:
+                    base = max(0.0, 80_000 - 2000 * a / 60)  # a backlog caught up over 40 minutes
+                lag.append(base)
+            # every worker reports the whole group's lag
+            add("kpp_stream_consumer_lag", {**labels, "topic": "kpp.samples", "partition": str(p)}, lag)
+
+    labels = target("sink", 0, 9812)
+    add("kpp_sink_store_up", labels, [0.0 if scenario == "store-down" and a > 0 else 1.0 for a in after])
+    if scenario == "sink-dlq":  # one dead letter, ever
+        add("kpp_sink_dlq_total", {**labels, "reason": "malformed"}, [1.0] * len(times), since=fault_s)
+    elif scenario == "sink-dlq-burst":  # 50 before the first scrape that shows the series
+        add("kpp_sink_dlq_total", {**labels, "reason": "rejected"}, [50.0] * len(times), since=fault_s)
+    for topic in ("kpp.health", "kpp.quantiles"):
+        lag = [float((k * 11) % 30) for k in range(len(times))]
+        if scenario == "sink-lag" and topic == "kpp.quantiles":
+            lag = [1500 + 300 * a / 60 if a > 0 else v for a, v in zip(after, lag)]
+        add("kpp_sink_consumer_lag", {**labels, "topic": topic}, lag)
+    return out
