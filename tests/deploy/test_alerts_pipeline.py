@@ -34,7 +34,7 @@ from tests.deploy.pipeline_data import (SCENARIOS, SELF_FAULT_MIN, SELF_SCENARIO
                                         flush, import_series, scrape_records, self_metric_series)
 from tests.deploy.promql import PIPELINE_RULES, alert_names, rules, with_durations
 from tests.sinks.helpers import create_topic
-from tests.sinks.servers import Server, ensure_binary, private_victoriametrics, wait_http
+from tests.sinks.servers import Server, ensure_binary, private_victoriametrics
 
 pytestmark = pytest.mark.integration
 
@@ -315,7 +315,9 @@ def test_pipeline_down_fires_live_when_the_sink_stops(kafka: KafkaConnection, tm
         # healthy: through look-back + for + 3 evaluations after the first point, never active
         calm_until = first + seconds(LIVE_LOOKBACK) + seconds(LIVE_FOR) + 3 * seconds(LIVE_INTERVAL)
         evaluated = evaluations(vmalert.url)
+        deadline = time.monotonic() + 120
         while time.time() < calm_until or evaluations(vmalert.url) < evaluated + 10:
+            assert time.monotonic() < deadline, "vmalert did not evaluate its rules 10 times in 120 s"
             assert rule_state(vmalert.url, "KubeProxyPipelineDown") == [], "fired while the sink writes"
             assert sink.poll() is None, sink_log.read_text()[-3000:]
             time.sleep(0.2)
