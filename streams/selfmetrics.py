@@ -142,6 +142,7 @@ class StreamMetrics(StageMetrics):
         self.open_windows = 0
         self.node_states = 0
         self.last_beat: float | None = None
+        self._count_failed = False
         self.lag: dict[tuple[str, int], int] = {}
         r.register(_StreamGauges(self))
 
@@ -183,7 +184,9 @@ class StreamMetrics(StageMetrics):
                     open_windows += open_cluster_windows(_decoded(cluster_stage.table.get(f"index:{tp.partition}")))
             self.open_windows, self.node_states = open_windows, nodes
         except Exception:  # noqa: BLE001 - a metric must never stop the worker
-            log.warning("could not count the open windows and node states for /metrics", exc_info=True)
+            if not self._count_failed:  # once, not every 5 s
+                log.warning("could not count the open windows and node states for /metrics", exc_info=True)
+            self._count_failed = True
         self.last_beat = self.clock()
 
     # -- from the HTTP thread -------------------------------------------------------

@@ -129,3 +129,12 @@ def test_health_tolerates_an_idle_worker_and_fails_a_stalled_loop() -> None:
     assert stream_health(100.0, 95.0) == (True, "ok: last heartbeat 5.0 s ago")
     ok, text = stream_health(500.0, 300.0, stall_after_s=120.0)
     assert not ok and "no heartbeat for 200 s" in text
+
+
+def test_a_state_the_heartbeat_cannot_read_is_warned_once_and_still_beats(caplog) -> None:
+    metrics = StreamMetrics(clock=lambda: 50.0)
+    broken = SimpleNamespace(settings=S, table={"partition:0": b"\x00not a state"})
+    for _ in range(3):
+        metrics.heartbeat(broken, broken, [TP(topic=S.topics.samples, partition=0)])
+    assert caplog.text.count("could not count the open windows") == 1
+    assert metrics.last_beat == 50.0 and stream_health(51.0, metrics.last_beat)[0]
