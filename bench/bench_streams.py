@@ -97,11 +97,13 @@ def cpu_seconds(pid: int) -> float:
 def group_lag(reader: KafkaConsumer, group_offsets: Callable[[], dict], topics: list[str]) -> tuple[int, int]:
     """(committed offsets on topics[0], total lag over every partition of `topics`)."""
     committed = group_offsets()
-    parts = [TopicPartition(t, p) for t in topics for p in (reader.partitions_for_topic(t) or ())]
+    found = {t: reader.partitions_for_topic(t) for t in topics}
+    parts = [TopicPartition(t, p) for t, partitions in found.items() for p in (partitions or ())]
     ends = reader.end_offsets(parts)
     done = sum(committed.get(tp, 0) for tp in parts if tp.topic == topics[0])
     lag = sum(max(0, ends[tp] - committed.get(tp, 0)) for tp in parts)
-    return done, lag
+    missing = sum(1 for partitions in found.values() if not partitions)
+    return done, lag + missing  # a topic not (yet) known to the reader is not done
 
 
 def run_worker(conn: KafkaConnection, argv: list[str], log_path: str, group: str, topics: list[str],
