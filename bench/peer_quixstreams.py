@@ -42,9 +42,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from quixstreams import Application, State
+if TYPE_CHECKING:  # the pure parts below import without the `bench` extra (tests run them in `make test`)
+    from quixstreams import Application, State
 
 WINDOW_MS = 60_000
 GRACE_MS = 30_000
@@ -214,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", required=True, help="consumer group")
     parser.add_argument("--state-dir", required=True, help="RocksDB state directory")
     args = parser.parse_args(argv)
+    from quixstreams import Application
+
     app = Application(broker_address=args.bootstrap, consumer_group=args.group,
                       auto_offset_reset="earliest", commit_interval=2.0, state_dir=args.state_dir,
                       processing_guarantee="at-least-once", loglevel="WARNING")

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import math
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("quixstreams")  # the `bench` extra
-
-from bench.peer_quixstreams import add_deltas, first_deltas, histogram_quantile, scrape_deltas  # noqa: E402
-from streams.quantiles import histogram_quantile as ours  # noqa: E402
+from bench.peer_quixstreams import add_deltas, first_deltas, histogram_quantile, scrape_deltas
+from streams.quantiles import histogram_quantile as ours
 
 FAMILY = "kubeproxy_sync_proxy_rules_duration_seconds"
 
