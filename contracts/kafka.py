@@ -22,11 +22,15 @@ handshake until its bootstrap timeout and then raises only "Unable to bootstrap"
 is in its log records alone. `capture_client_failures()` (installed by `kpp`) keeps the
 latest authentication/TLS failure out of those records without printing them, and
 `KafkaConnection.explain()` / `.check()` put it into one line a person can act on.
+
+This module imports no Kafka client at import time: the pure modules (windows, quantiles,
+parser, encoders) import `contracts` without loading one.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import re
@@ -136,6 +140,33 @@ def classify_exception(exc: BaseException) -> tuple[str, str] | None:
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
         seen += 1
     return None
+
+
+@functools.cache
+def sender_client_class() -> type:
+    """kafka-python's client class for our KafkaProducers, handed to each through its
+    documented `kafka_client=` option (no process-wide patch).
+
+    kafka-python 3.0.x: `KafkaNetClient.connection_delay` forwards the connection manager's
+    value, which is in SECONDS, but the producer's Sender adds it to its poll timeout as
+    MILLISECONDS. While a broker is down the sender therefore re-polls every few
+    milliseconds: ~3.5 % of a core per producer, which on a small machine with many producers
+    starves the broker that is trying to restart. This class returns milliseconds, computed
+    from the manager's seconds, so it stays right if the library fixes its own method.
+    Consumers and admin clients keep the stock class (they only compare the value with 0).
+    No upstream report of this KafkaNetClient regression was found; the same unit bug in the
+    client before 3.0 was https://github.com/dpkp/kafka-python/issues/1413 (fixed by
+    https://github.com/dpkp/kafka-python/pull/1414)."""
+    from kafka.net.compat import KafkaNetClient
+
+    class MillisecondDelayClient(KafkaNetClient):
+        def connection_delay(self, node_id):  # noqa: ANN001, ANN201 - kafka-python's signature
+            manager = getattr(self, "_manager", None)
+            if manager is None:  # another client layout: its own answer
+                return super().connection_delay(node_id)
+            return manager.connection_delay(node_id) * 1000.0
+
+    return MillisecondDelayClient
 
 
 # Every secret value this process was configured with (a Secret registers itself): the log
@@ -358,6 +389,11 @@ class KafkaConnection:
             kwargs["sasl_plain_password"] = self.sasl_password.reveal() if self.sasl_password else None
         return kwargs
 
+    def kafka_producer_kwargs(self) -> dict[str, Any]:
+        """kafka_python_kwargs() for a KafkaProducer: with the client class whose reconnect
+        delay the Sender reads in the right unit (sender_client_class)."""
+        return self.kafka_python_kwargs() | {"kafka_client": sender_client_class()}
+
     def aiokafka_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for aiokafka's AIOKafkaProducer/AIOKafkaConsumer."""
         # aiokafka takes the same names as kafka-python (it started as its port).
@@ -461,35 +497,3 @@ def _strip_prefix(text: str) -> str:
     SaslAuthenticationFailedError: Authentication failed ..." -> "Authentication failed ..."."""
     head, sep, tail = text.rpartition("Error: ")
     return tail if sep and tail else text
-
-
-def _patch_kafka_python_sender_delay() -> None:
-    """kafka-python 3.0.x: `KafkaNetClient.connection_delay` returns SECONDS (it forwards the
-    connection manager's value), but the producer's Sender adds it to its poll timeout as
-    MILLISECONDS. While a broker is down the sender therefore re-polls every few milliseconds:
-    ~3.5 % of a core per producer, which on a small machine with many producers starves the
-    broker that is trying to restart. Return milliseconds, as the Sender expects; the only
-    other caller compares the value with 0. Applied once, on import, only where the method
-    has that shape, so a kafka-python that fixes it is left alone."""
-    try:
-        from kafka.net.compat import KafkaNetClient
-    except ImportError:  # another kafka-python layout: nothing to fix
-        return
-    original = getattr(KafkaNetClient, "connection_delay", None)
-    if original is None or getattr(original, "_kpp_milliseconds", False):
-        return
-
-    def connection_delay(self, node_id):  # noqa: ANN001, ANN202
-        return self._manager.connection_delay(node_id) * 1000.0
-
-    connection_delay._kpp_milliseconds = True  # type: ignore[attr-defined]
-    import inspect
-    try:
-        source = inspect.getsource(original)
-    except (OSError, TypeError):
-        return
-    if "self._manager.connection_delay(node_id)" in source and "1000" not in source:
-        KafkaNetClient.connection_delay = connection_delay
-
-
-_patch_kafka_python_sender_delay()

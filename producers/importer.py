@@ -471,7 +471,7 @@ def import_files(connection: KafkaConnection, topic: str, paths: Iterable[str], 
     planned = plan(paths, max_line_bytes)
     stats = ImportStats()
     ensure_topic(connection, topic, partitions)
-    producer = KafkaProducer(**connection.kafka_python_kwargs(), linger_ms=20, batch_size=1 << 20,
+    producer = KafkaProducer(**connection.kafka_producer_kwargs(), linger_ms=20, batch_size=1 << 20,
                              max_request_size=8 << 20, compression_type=compression, client_id="kpp-import")
     errors: list[BaseException] = []
     bad_input: ConfigError | None = None

@@ -240,7 +240,7 @@ class Publisher:
         if self._stopping.is_set():
             timeout_ms = int(max(100, min(timeout_ms, self._time_left() * 1000)))
         return KafkaProducer(
-            **self.connection.kafka_python_kwargs(),
+            **self.connection.kafka_producer_kwargs(),  # the Sender's reconnect delay in ms
             client_id=self.client_id,
             acks="all",
             enable_idempotence=True,

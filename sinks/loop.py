@@ -248,7 +248,8 @@ class SinkLoop:
         )
         self.fast_decoding = install_fast_decoding(self._consumer)
         self._consumer.subscribe(list(self.settings.topics), listener=Listener())
-        self._producer = KafkaProducer(**kwargs, client_id=self.settings.client_id + "-dlq", acks="all",
+        self._producer = KafkaProducer(**self.connection.kafka_producer_kwargs(),
+                                       client_id=self.settings.client_id + "-dlq", acks="all",
                                        linger_ms=0, compression_type="gzip")
 
     def _close(self) -> None:

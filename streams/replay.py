@@ -399,7 +399,7 @@ class KafkaSink:
     def __init__(self, connection: KafkaConnection) -> None:
         from kafka import KafkaProducer
 
-        self.producer = KafkaProducer(**connection.kafka_python_kwargs(), linger_ms=20, batch_size=1 << 20,
+        self.producer = KafkaProducer(**connection.kafka_producer_kwargs(), linger_ms=20, batch_size=1 << 20,
                                       max_request_size=8 << 20, client_id="kpp-replay")
         self.errors: list[BaseException] = []
 

@@ -82,17 +82,3 @@ def test_ssl_with_client_certificate(tmp_path: Path) -> None:
 def test_bad_settings_are_clear(env, message) -> None:
     with pytest.raises(ConfigError, match=message):
         KafkaConnection.from_env(env)
-
-
-def test_kafka_python_sender_gets_its_reconnect_delay_in_milliseconds():
-    """kafka-python 3.0's Sender adds connection_delay to a poll timeout in ms while the
-    client returns seconds: without the fix a producer spins while its broker is down."""
-    from kafka.net.compat import KafkaNetClient
-
-    class Manager:
-        def connection_delay(self, node_id):
-            return 0.25
-
-    client = KafkaNetClient.__new__(KafkaNetClient)
-    client._manager = Manager()
-    assert KafkaNetClient.connection_delay(client, 1) == 250.0
