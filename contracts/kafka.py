@@ -13,6 +13,7 @@ Sources, highest first: command-line flags, environment variables, defaults.
 | --kafka-ssl-cafile          | KAFKA_SSL_CAFILE            | system CAs       |
 | --kafka-ssl-certfile        | KAFKA_SSL_CERTFILE          |                  |
 | --kafka-ssl-keyfile         | KAFKA_SSL_KEYFILE           |                  |
+| --kafka-timeout             | KAFKA_TIMEOUT               | 15 (seconds)     |
 
 The password is only ever read from the environment or a file (never a flag, which `ps`
 shows), and no repr, log line or error message contains it.
@@ -22,6 +23,12 @@ handshake until its bootstrap timeout and then raises only "Unable to bootstrap"
 is in its log records alone. `capture_client_failures()` (installed by `kpp`) keeps the
 latest authentication/TLS failure out of those records without printing them, and
 `KafkaConnection.explain()` / `.check()` put it into one line a person can act on.
+
+Every command that needs Kafka calls `check()` first: within --kafka-timeout it stops with one
+line naming the broker, the cause and the fix — exit 3 for an unreachable broker, a missing
+topic or a refused authorization, exit 4 for refused credentials or a failed TLS handshake.
+`KafkaConnection.failure()` turns a client library's exception raised later into the same line.
+Only `kpp produce` does not stop: it spools while Kafka is away.
 
 This module imports no Kafka client at import time: the pure modules (windows, quantiles,
 parser, encoders) import `contracts` without loading one.
@@ -34,17 +41,20 @@ import functools
 import logging
 import os
 import re
+import socket
 import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from contracts.errors import ConfigError, KppError
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+DEFAULT_TIMEOUT_S = 15.0
+UNREACHABLE_FIX = "check that Kafka runs there and that --kafka-bootstrap (KAFKA_BOOTSTRAP) names its listener"
 
 
 class KafkaUnavailableError(KppError):
@@ -54,9 +64,28 @@ class KafkaUnavailableError(KppError):
 
 
 class KafkaAuthenticationError(KafkaUnavailableError):
-    """The broker refused the SASL credentials (or the TLS handshake failed)."""
+    """The broker refused the SASL credentials (or the TLS handshake failed): a code of its
+    own, so that a deployment can tell a wrong secret from a broker that is down."""
 
     exit_code = 4
+
+
+class KafkaAuthorizationError(KppError):
+    """The broker's ACLs refused an operation (topic, group or cluster authorization)."""
+
+    exit_code = 3
+
+
+class KafkaRequestError(KppError):
+    """The broker answered with an error of another kind (policy, quota, invalid request)."""
+
+    exit_code = 3
+
+
+class KafkaTopicMissingError(KppError):
+    """A topic the command reads does not exist."""
+
+    exit_code = 3
 
 
 class _ClientFailures(logging.Handler):
@@ -140,6 +169,61 @@ def classify_exception(exc: BaseException) -> tuple[str, str] | None:
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
         seen += 1
     return None
+
+
+def failure_kind(exc: BaseException) -> str:
+    """What a Kafka client's exception means for the person running the command:
+    "authentication" | "tls" | "authorization" | "topic" (a missing topic) | "unreachable" |
+    "refused" (any other error the broker answered with)."""
+    found = classify_exception(exc)
+    if found is not None:
+        return found[0]
+    names = {type(e).__name__ for e in _chain(exc)}
+    if any("AuthorizationFailed" in n or n == "AuthorizationError" for n in names):
+        return "authorization"
+    if names & {"UnknownTopicOrPartitionError", "UnknownTopicIdError"}:
+        return "topic"
+    if names & _UNREACHABLE or any(isinstance(e, OSError) for e in _chain(exc)):
+        return "unreachable"
+    return "refused"
+
+
+# kafka-python's and aiokafka's names for "no broker answered (in time)"
+_UNREACHABLE = {"KafkaTimeoutError", "NoBrokersAvailable", "KafkaConnectionError", "NodeNotReadyError",
+                "RequestTimedOutError", "BrokerNotAvailableError", "MetadataEmptyBrokerList",
+                "NetworkExceptionError", "ConnectionError"}
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and len(seen) < 5:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def is_client_error(exc: BaseException) -> bool:
+    """True for an exception raised by a Kafka client library (kafka-python, aiokafka)."""
+    return any(type(e).__module__.split(".")[0] in ("kafka", "aiokafka") for e in _chain(exc))
+
+
+def probe_address(address: str, timeout_s: float) -> str:
+    """Why a bootstrap address gives no Kafka answer, as far as a TCP connect can tell."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit():
+        return f"{address}: not HOST:PORT"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port_text)), timeout=timeout_s):
+            return (f"{address}: the port accepts TCP connections but gave no Kafka answer (another service, "
+                    "or TLS/SASL settings that do not match the listener?)")
+    except socket.gaierror:
+        return f"{address}: the host name does not resolve"
+    except ConnectionRefusedError:
+        return f"{address}: connection refused"
+    except TimeoutError:
+        return f"{address}: no TCP answer within {timeout_s:g} s (firewall or wrong address?)"
+    except OSError as exc:
+        return f"{address}: {exc.strerror or exc}"
 
 
 @functools.cache
@@ -268,8 +352,11 @@ class KafkaConnection:
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    timeout_s: float = DEFAULT_TIMEOUT_S  # how long a command waits for Kafka before it stops
 
     def __post_init__(self) -> None:
+        if not self.timeout_s > 0:
+            raise ConfigError(f"--kafka-timeout must be a positive number of seconds, not {self.timeout_s!r}")
         if not self.bootstrap.strip():
             raise ConfigError("Kafka bootstrap servers are empty (set --kafka-bootstrap or KAFKA_BOOTSTRAP)")
         if self.security_protocol not in SECURITY_PROTOCOLS:
@@ -319,7 +406,14 @@ class KafkaConnection:
                     password = fh.read().strip()
             except OSError as exc:
                 raise ConfigError(f"cannot read Kafka SASL password file {password_file!r}: {exc.strerror}") from None
+        timeout_text = pick("kafka_timeout", "KAFKA_TIMEOUT")
+        try:
+            timeout_s = float(timeout_text) if timeout_text else DEFAULT_TIMEOUT_S
+        except ValueError:
+            raise ConfigError(f"Kafka timeout {timeout_text!r} is not a number of seconds "
+                              "(--kafka-timeout, KAFKA_TIMEOUT)") from None
         return cls(
+            timeout_s=timeout_s,
             bootstrap=pick("kafka_bootstrap", "KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP) or DEFAULT_BOOTSTRAP,
             security_protocol=(pick("kafka_security_protocol", "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT") or "").upper(),
             sasl_mechanism=(pick("kafka_sasl_mechanism", "KAFKA_SASL_MECHANISM", "PLAIN") or "").upper(),
@@ -349,6 +443,9 @@ class KafkaConnection:
         group.add_argument("--kafka-ssl-certfile", metavar="FILE",
                            help="client certificate (env KAFKA_SSL_CERTFILE)")
         group.add_argument("--kafka-ssl-keyfile", metavar="FILE", help="client key (env KAFKA_SSL_KEYFILE)")
+        group.add_argument("--kafka-timeout", metavar="SECONDS",
+                           help="how long to wait for Kafka at start before stopping with one line, exit 3 "
+                                f"(env KAFKA_TIMEOUT, default {DEFAULT_TIMEOUT_S:g}; kpp produce spools instead)")
 
     # -- mapping onto clients -----------------------------------------------------------
 
@@ -436,9 +533,12 @@ class KafkaConnection:
             text = "no broker answered"
         return self._redact(text)
 
-    def check(self, timeout_s: float = 15.0) -> None:
-        """Connect once and fetch cluster metadata; raise KafkaAuthenticationError (refused
-        credentials, failed TLS handshake) or KafkaUnavailableError with one clear line."""
+    def check(self, timeout_s: float | None = None, topics: Sequence[str] = ()) -> None:
+        """Connect once, fetch cluster metadata and check that `topics` exist, within
+        `timeout_s` (default: --kafka-timeout). Raises one line naming the broker, the cause
+        and the fix: KafkaAuthenticationError (refused credentials, failed TLS handshake),
+        KafkaUnavailableError (no broker answered), KafkaTopicMissingError,
+        KafkaAuthorizationError."""
         logger = logging.getLogger("kafka")
         saved = None
         if CLIENT_FAILURES not in logger.handlers:  # not under `kpp`: capture for this check only
@@ -448,14 +548,14 @@ class KafkaConnection:
                 logger.setLevel(logging.WARNING)
                 logger.propagate = False
         try:
-            self._check(timeout_s)
+            self._check(self.timeout_s if timeout_s is None else timeout_s, topics)
         finally:
             if saved is not None:
                 logger.removeHandler(CLIENT_FAILURES)
                 logger.setLevel(saved[0])
                 logger.propagate = saved[1]
 
-    def _check(self, timeout_s: float) -> None:
+    def _check(self, timeout_s: float, topics: Sequence[str]) -> None:
         from kafka import KafkaAdminClient
         from kafka.errors import KafkaError
 
@@ -470,16 +570,47 @@ class KafkaConnection:
                                          bootstrap_timeout_ms=int(attempt_s * 1000),
                                          request_timeout_ms=int(max(attempt_s, 5.0) * 1000))
                 admin.describe_cluster()
+                if topics:
+                    present = set(admin.list_topics())
+                    missing = [t for t in topics if t not in present]
+                    if missing:
+                        raise self.topic_missing(missing[0])
                 return
             except (KafkaError, OSError, ValueError) as exc:
-                reason = self.explain(exc, since=started)
-                final = reason.startswith(("authentication failed", "TLS"))
-                if final or time.monotonic() >= deadline:
-                    error = KafkaAuthenticationError if final else KafkaUnavailableError
-                    raise error(f"Kafka at {self.describe()}: {reason}") from None
+                kind = failure_kind(exc) if not CLIENT_FAILURES.recent(started) else "authentication"
+                if kind not in ("unreachable", "refused") or time.monotonic() >= deadline:
+                    raise self.failure(exc, since=started, waited_s=timeout_s) from None
             finally:
                 if admin is not None:
                     admin.close()
+
+    def failure(self, exc: BaseException, *, since: float | None = None, topic: str | None = None,
+                waited_s: float | None = None) -> KppError:
+        """A Kafka client's exception as the one line a person can act on: the broker, the
+        cause, the fix (and the exit code of its kind)."""
+        where = f"Kafka at {self.describe()}"
+        reason = self.explain(exc, since=since)
+        if reason.startswith(("authentication failed", "TLS handshake failed")):
+            return KafkaAuthenticationError(f"{where}: {reason}")
+        kind = failure_kind(exc)
+        if kind == "authorization":
+            who = f"user {self.sasl_username!r}" if self.uses_sasl else "this client"
+            return KafkaAuthorizationError(
+                f"{where}: not authorized ({reason}); the broker's ACLs must allow {who} to describe, "
+                "read and write the pipeline's topics (and read its consumer group)")
+        if kind == "topic":
+            return self.topic_missing(topic or "the topic asked for")
+        if kind == "refused":
+            return KafkaRequestError(f"{where} refused a request ({reason}); see the broker's log for why")
+        waited = f" within {waited_s:g} s" if waited_s is not None else ""
+        causes = "; ".join(probe_address(a, min(1.0, self.timeout_s)) for a in self.bootstrap_list[:3])
+        return KafkaUnavailableError(self._redact(f"{where}: no broker answered{waited} ({causes}; {reason}); "
+                                                  f"{UNREACHABLE_FIX}"))
+
+    def topic_missing(self, topic: str) -> KafkaTopicMissingError:
+        return KafkaTopicMissingError(
+            f"Kafka at {self.describe()}: topic {topic!r} does not exist; create the pipeline's topics with "
+            "`kpp topics ensure` (or start `kpp stream`), or check --topic-prefix (KPP_TOPIC_PREFIX)")
 
     def _redact(self, text: str) -> str:
         if self.sasl_password is not None and self.sasl_password.reveal():

@@ -87,6 +87,19 @@ def _quiet_client_logs(log_level: str) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _kafka_failure(args: argparse.Namespace, exc: Exception) -> KppError | None:
+    """A Kafka client library's exception that escaped a command, as the one line (broker,
+    cause, fix) and exit code of contracts/kafka.py; None for anything else."""
+    from contracts.kafka import KafkaConnection, is_client_error
+
+    if not is_client_error(exc):
+        return None
+    try:
+        return KafkaConnection.from_sources(args).failure(exc)
+    except Exception:  # noqa: BLE001 - the settings were read once already; report the bug as a bug
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -111,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # a bug: say so in one line; the traceback is for --log-level DEBUG
         logging.getLogger("kpp").debug("internal error", exc_info=True)
+        kafka_failure = _kafka_failure(args, exc)
+        if kafka_failure is not None:  # a Kafka client gave up (broker gone, ACLs): not a bug
+            print(f"kpp {args.command}: error: {kafka_failure}", file=sys.stderr)
+            return kafka_failure.exit_code
         print(f"kpp {args.command}: internal error: {type(exc).__name__}: {exc} "
               "(run with --log-level DEBUG for the traceback, and please report it)", file=sys.stderr)
         return 70

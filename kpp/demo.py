@@ -20,7 +20,7 @@ from pathlib import Path
 from contracts.codec import DecodeError
 from contracts.derived import DerivedRecord
 from contracts.errors import KppError
-from contracts.kafka import KafkaConnection
+from contracts.kafka import KafkaAuthenticationError, KafkaConnection, KafkaUnavailableError
 from contracts.records import ScrapeRecord
 from contracts.topics import Topics
 from stack.settings import StackSettings
@@ -141,10 +141,12 @@ def run(args: argparse.Namespace) -> int:
     stack = StackSettings.from_env()
     connection = KafkaConnection.from_sources(args, os.environ | {"KAFKA_BOOTSTRAP": stack.kafka_bootstrap})
     vm_url = stack.vm_url
-    from stack.kafka import broker_answers_metadata
-
-    if not broker_answers_metadata(connection.bootstrap, timeout=5):
-        raise KppError(f"no Kafka broker answers at {connection.bootstrap}: run `kpp stack up` first")
+    try:  # before any child starts: nothing to clean up when Kafka is not there
+        connection.check()
+    except KafkaAuthenticationError:
+        raise
+    except KafkaUnavailableError as exc:
+        raise KafkaUnavailableError(f"{exc} (the local stack: `kpp stack up`)") from None
     kpp = [sys.executable, "-m", "kpp"]
     state = Path(os.environ.get("KPP_STATE_DIR", ".kpp")) / "demo"
     children = Children(state / "logs")

@@ -162,11 +162,12 @@ def run(args: argparse.Namespace) -> int:
     topics = Topics(args.topic_prefix) if args.topic_prefix else Topics.from_env()
     topic = resolve_topic(args.topic, topics)
     fmt = args.format or ("table" if sys.stdout.isatty() else "json")
+    connection.check(topics=[topic])  # unreachable, refused, missing topic: one line within --kafka-timeout
     consumer = KafkaConsumer(**connection.kafka_python_kwargs(), group_id=None, enable_auto_commit=False)
     try:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
-            raise ConfigError(f"topic {topic!r} does not exist (yet) on {connection.describe()}")
+            raise connection.topic_missing(topic)
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
         if args.from_beginning:

@@ -101,7 +101,7 @@ def run_ensure(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
     config = {} if values["retention"] is None else {"retention.ms": str(values["retention"])}
     connection = KafkaConnection.from_sources(args)
-    connection.check(timeout_s=30.0)  # unreachable or refused credentials: one line, exit 3/4
+    connection.check()  # unreachable or refused credentials: one line, exit 3/4
     result = ensure_topics(connection, topic_specs(settings, config), client_id="kpp-topics",
                            replication_factor=values["replication_factor"])
     print(summary(result, settings.partitions, config))

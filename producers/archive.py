@@ -286,7 +286,7 @@ class Archiver:
         try:
             parts = consumer.partitions_for_topic(self.topic)
             if not parts:
-                raise ConfigError(f"topic {self.topic!r} does not exist on {self.connection.describe()}")
+                raise self.connection.topic_missing(self.topic)
             tps = {p: TopicPartition(self.topic, p) for p in sorted(parts)}
             consumer.assign(list(tps.values()))
             for p, tp in tps.items():

@@ -109,6 +109,7 @@ def run_archive(args: argparse.Namespace) -> int:
     values = resolve_command(ARCHIVE_OPTIONS, args)
     connection = KafkaConnection.from_sources(args)
     topics = Topics(values["topic_prefix"])
+    connection.check(topics=[topics.samples])  # unreachable, refused, missing topic: one line, exit 3/4
     archiver = Archiver(connection, topics.samples, values["dir"],
                         group_id=values["group"] or f"kpp-archive.{values['topic_prefix']}",
                         grace_s=values["grace"], idle_close_s=values["idle_close"])

@@ -470,6 +470,7 @@ def import_files(connection: KafkaConnection, topic: str, paths: Iterable[str], 
 
     planned = plan(paths, max_line_bytes)
     stats = ImportStats()
+    connection.check()  # unreachable or refused: one line within --kafka-timeout, nothing published
     ensure_topic(connection, topic, partitions)
     producer = KafkaProducer(**connection.kafka_producer_kwargs(), linger_ms=20, batch_size=1 << 20,
                              max_request_size=8 << 20, compression_type=compression, client_id="kpp-import")

@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
              "no retention check" if retention is None
              else f"store retention {retention / 86_400_000:.0f} days (older records go to the DLQ)")
     try:
-        connection.check(timeout_s=30.0)  # refused credentials: one clear error and exit
+        connection.check()  # refused credentials: one clear error and exit
         loop.run(stop)
     finally:
         loop.writer.close()

@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
 
     from streams.app import create_app, ensure_topics
 
-    connection.check(timeout_s=30.0)  # refused credentials: one clear error and exit, not a retry storm
+    connection.check()  # refused credentials: one clear error and exit, not a retry storm
     ensure_topics(settings, connection)
     app = create_app(settings, connection)
     listen = resolve_command(OPTIONS, args)["listen"]
