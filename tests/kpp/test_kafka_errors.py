@@ -132,3 +132,28 @@ def test_missing_topic_is_one_line_and_exit_3(command: str, args, tmp_path: Path
     assert f"Kafka at {kafka.bootstrap}" in errors[0] and f"'{prefix}." in errors[0]  # broker and topic
     assert "does not exist" in errors[0] and "kpp topics ensure" in errors[0]  # cause and fix
     assert elapsed < KAFKA_TIMEOUT_S + MARGIN_S
+
+
+# -- a client error that escapes a command ----------------------------------------------------
+
+@pytest.mark.parametrize("exc, code, words", [
+    ("TopicAuthorizationFailedError", 3, "not authorized"),
+    ("KafkaTimeoutError", 3, "no broker answered"),
+])
+def test_a_kafka_client_error_escaping_a_command_is_not_an_internal_error(
+        exc: str, code: int, words: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import kafka.errors
+
+    import kpp.tail
+    from kpp.cli import main
+
+    def run(_args):  # noqa: ANN001, ANN202 - stands in for a command whose client gave up mid-way
+        raise getattr(kafka.errors, exc)("kube-proxy.rates")
+
+    monkeypatch.setattr(kpp.tail, "run", run)
+    bootstrap = f"127.0.0.1:{free_port()}"
+    assert main(["tail", "rates", "--kafka-bootstrap", bootstrap, "--kafka-timeout", "1"]) == code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("kpp tail: error:")]
+    assert len(lines) == 1 and f"Kafka at {bootstrap}" in lines[0] and words in lines[0], err
+    assert "internal error" not in err
