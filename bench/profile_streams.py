@@ -2,6 +2,10 @@
 batches as the agents drive them, no Kafka), and optionally a cProfile summary of where it goes.
 
     .venv/bin/python bench/profile_streams.py [--nodes 50] [--minutes 30] [--batch 500] [--profile]
+    .venv/bin/python bench/profile_streams.py --rss --nodes 5000 --minutes 3
+
+--rss feeds the scrapes as they are simulated (not held in memory) and prints the memory of
+the process holding the stage's state of every node.
 
 The input is the benchmark's (bench/bench_streams.py): simulated 1.28 scrapes, ~154 selected
 samples each. Not a test.
@@ -10,6 +14,7 @@ samples each. Not a test.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
 import io
 import pstats
@@ -19,9 +24,66 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from producers.node import NodeSettings, build_record  # noqa: E402
+from producers.scrape import ScrapeOutcome  # noqa: E402
+from producers.select import Selector  # noqa: E402
+from simulator import Cluster  # noqa: E402
 from streams.config import StreamSettings  # noqa: E402
-from tests.streams.reference import run_reference  # noqa: E402
-from tests.streams.simdata import scrape_records  # noqa: E402
+from streams.stages import ClusterStage, NodeStage  # noqa: E402
+from tests.streams.reference import recording_send, run_reference  # noqa: E402
+from tests.streams.simdata import START_S, scrape_records  # noqa: E402
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def rss(nodes: int, minutes: int, batch: int) -> None:
+    """Memory of a process whose stages hold `nodes` nodes (dict tables, as the worker's
+    in-memory Faust tables hold them): scrapes simulated and fed one interval at a time."""
+    settings = StreamSettings(topic_prefix="p", partitions=1)
+    sim = Cluster(nodes=nodes, seed=7, version="1.28", start=float(START_S))
+    selector = Selector()
+    node_table: dict = {}
+    cluster_table: dict = {}
+    partials: dict = {0: []}
+    sent: list = []
+    before = _status_kib("VmRSS")
+
+    async def run() -> int:
+        send = recording_send(settings, sent, partials)
+        node = NodeStage(settings, node_table, send)
+        cluster = ClusterStage(settings, cluster_table, send)
+        offset = cluster_offset = 0
+        for i in range(1, minutes * 4 + 1):
+            at = START_S + i * 15
+            for name in sim.node_names:
+                body = sim.render(name, at=float(at))
+                outcome = ScrapeOutcome(body=body, duration_s=0.01, body_bytes=len(body), reason="ok")
+                record, _ = build_record(NodeSettings(node=name, cluster="sim"), f"http://{name}:10249/metrics",
+                                         at * 1000, outcome, selector)
+                await node.sample(0, offset, record.key, record.encode())
+                offset += 1
+                if offset % batch == 0:
+                    await node.flush()
+                    for _key, value in partials[0]:
+                        await cluster.message(0, cluster_offset, _key, value)
+                        cluster_offset += 1
+                    partials[0].clear()
+                    await cluster.flush()
+                    sent.clear()
+        await node.flush()
+        return offset
+
+    scrapes = asyncio.run(run())
+    states = [v for k, v in node_table.items() if k.startswith("node:")]
+    state_bytes = sum(len(v) for v in states)
+    print(f"{scrapes} scrapes of {nodes} nodes fed; node states held: {len(states)} "
+          f"({state_bytes / 1e6:.1f} MB encoded, {state_bytes / max(1, len(states)) / 1e3:.1f} kB each); "
+          f"cluster table {sum(len(v) for v in cluster_table.values()) / 1e6:.1f} MB")
+    print(f"RSS before the stages: {before / 1024:.0f} MiB; now {_status_kib('VmRSS') / 1024:.0f} MiB; "
+          f"peak (VmHWM) {_status_kib('VmHWM') / 1024:.0f} MiB")
 
 
 def main() -> None:
@@ -32,7 +94,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs to time (the best is reported)")
     parser.add_argument("--profile", action="store_true", help="print the top functions by cumulative time")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--rss", action="store_true", help="measure memory instead (see above)")
     args = parser.parse_args()
+    if args.rss:
+        rss(args.nodes, args.minutes, args.batch)
+        return
     records = scrape_records(nodes=args.nodes, minutes=args.minutes, version="1.28")
     messages = [(r.key, r.encode()) for r in records]
     samples = sum(len(r.samples) for r in records) / len(records)

@@ -241,6 +241,10 @@ def slo_record(scope: str, cluster: str, node: str | None, end: int, history: li
                          contributors=contributors)
 
 
+def record_order(r: DerivedRecord) -> tuple:
+    """The order records of one close are sent in."""
+    return (r.window_end_ms, r.kind, r.scope, r.node or "", r.metric, sorted(r.labels.items()), r.window_start_ms)
+
+
 def sort_records(records: list[DerivedRecord]) -> list[DerivedRecord]:
-    return sorted(records, key=lambda r: (r.window_end_ms, r.kind, r.scope, r.node or "", r.metric,
-                                          sorted(r.labels.items()), r.window_start_ms))
+    return sorted(records, key=record_order)

@@ -173,7 +173,7 @@ class HistogramDeltas:
             for k, d in zip(keys, deltas):
                 buckets[k] = get(k, 0.0) + d
         window[1] += count
-        window[2] = float_to_json(float_from_json(window[2]) + total)
+        window[2] = _add_json(window[2], total)
 
     @staticmethod
     def merge(window: list, other: list) -> None:
@@ -199,6 +199,14 @@ class HistogramDeltas:
         values["count"] = count
         values["sum"] = total if count > 0 else 0.0
         return values
+
+
+def _add_json(total: Any, delta: float) -> Any:
+    """A JSON float plus a float, as a JSON float."""
+    if type(total) is float:
+        total += delta
+        return total if _isfinite(total) else float_to_json(total)
+    return float_to_json(float_from_json(total) + delta)
 
 
 def _common_step(previous: list | None, snap: HistogramSnapshot) -> tuple | None:
@@ -232,16 +240,21 @@ class GaugeStats:
 
     @staticmethod
     def push(window: list | None, value: float) -> list:
-        v = float_to_json(value)
+        if not _isfinite(value):
+            v = float_to_json(value)
+            if window is None:
+                return [v, v, v]
+            window[0] = v
+            return window
         if window is None:
-            return [v, v, v]
-        window[0] = v
-        if _isfinite(value):
-            lo, hi = float_from_json(window[1]), float_from_json(window[2])
-            if not _isfinite(lo) or value < lo:
-                window[1] = v
-            if not _isfinite(hi) or value > hi:
-                window[2] = v
+            return [value, value, value]
+        window[0] = value
+        # a JSON float that is not finite is a string ("NaN", "+Inf", "-Inf"): replaced
+        lo, hi = window[1], window[2]
+        if type(lo) is str or value < lo:
+            window[1] = value
+        if type(hi) is str or value > hi:
+            window[2] = value
         return window
 
     @staticmethod

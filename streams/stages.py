@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from operator import itemgetter
 from typing import Any, Awaitable, Callable, MutableMapping
 
 import orjson
@@ -51,6 +52,11 @@ trace_log = logging.getLogger("kpp.stream.trace")
 
 # send(topic, key, value, timestamp_ms, partition) -> awaitable resolving on delivery
 Send = Callable[[str, bytes | None, bytes, int | None, int | None], Awaitable[Awaitable[Any]]]
+
+
+#: A close over more nodes than this puts each node state back as bytes as soon as it is
+#: closed (decoded, a ~15 kB state takes ~10 times that), instead of holding all decoded.
+DECODED_CLOSE_MAX = 1000
 
 
 class StateCache:
@@ -193,10 +199,23 @@ class Outbox:
         for record in aggregate.sort_records(records):
             await self.put(getattr(topics, record.kind), record.key, record.encode(), record.window_end_ms)
 
+    async def encoded(self, entries: list[tuple]) -> None:
+        """Send `encoded_records` entries, in the order `records` sends the records."""
+        entries.sort(key=itemgetter(0))
+        for _order, topic, key, value, ts_ms in entries:
+            await self.put(topic, key, value, ts_ms)
+
     async def delivered(self) -> None:
         if self.pending:
             pending, self.pending = self.pending, []
             await asyncio.gather(*pending)
+
+
+def encoded_records(records: list[DerivedRecord], topics) -> list[tuple]:
+    """(send order, topic, key, bytes, timestamp) of records: what Outbox.encoded sends,
+    without holding the record objects until then."""
+    return [(aggregate.record_order(r), getattr(topics, r.kind), r.key, r.encode(), r.window_end_ms)
+            for r in records]
 
 
 def _node_rank(key: str, _raw: Any) -> int:
@@ -472,46 +491,50 @@ class NodeStage:
     # -- closing ---------------------------------------------------------------------
 
     async def _close(self, out: Outbox, part: int, pstate: dict, due: list[tuple[int, int]], idle: bool) -> None:
-        states: dict[str, dict | None] = {}
-        gone: set[str] = set()
-        records: list[DerivedRecord] = []
-        partials: list[dict] = []
+        # Node by node (each node's due windows in order), so that on a partition of many
+        # nodes each state can go back to bytes as soon as it is closed: memory does not grow
+        # with the node count. What is sent, and in which order, is as if window by window.
+        records: list[tuple] = []
+        partials: list[tuple[int, bytes, bytes, int]] = []  # (due window, key, value, timestamp)
         largest = max(self.settings.sizes_ms)
-        for size, start in due:
-            for node in list(pstate["nodes"]):
-                if node not in states:
-                    states[node] = self.cache.get(f"node:{node}")
-                st = states[node]
-                if st is None:
-                    continue
+        release = len(pstate["nodes"]) > DECODED_CLOSE_MAX
+        for node in list(pstate["nodes"]):
+            nkey = f"node:{node}"
+            st = self.cache.get(nkey)
+            if st is None:
+                continue
+            gone = False
+            for i, (size, start) in enumerate(due):
                 partial = node_state.close_window(st, size, start, self.settings)
                 if partial is None:
                     continue
-                records.extend(aggregate.node_records(partial, self.settings))
+                records.extend(encoded_records(aggregate.node_records(partial, self.settings), self.topics))
                 partial.pop("slo", None)
                 partial["src"] = part
-                partials.append(partial)
+                partial["type"] = "partial"
+                # compressed when large, like the node state it comes from (which fits a record)
+                partials.append((i, partial["cluster"].encode(), statecodec.encode_json(dumps(partial)),
+                                 start + size))
                 if partial["left"] and size == largest:
                     pstate["nodes"].remove(node)
-                    gone.add(node)
+                    gone = True
+                    break
+            # written by flush(), after everything sent here was acknowledged
+            if gone:
+                self.cache.delete(part, nkey)
+            else:
+                self.cache.put(part, nkey, statecodec.encode(st) if release else st)
+        for size, start in due:
             partition.mark_closed(pstate, size, start)
             self.metrics.window_closed("node", size, start)
             if trace_log.isEnabledFor(logging.DEBUG):
                 trace_log.debug("window %d+%d s closed on partition %d (%s) batch %d", start, size // 1000, part,
                                 "idle" if idle else "watermark", self.batch)
-        await out.records(records, self.topics)
-        for p in partials:
-            p["type"] = "partial"
-            # compressed when large, like the node state it comes from (which fits a record)
-            await out.put(self.settings.cluster_partials_topic, p["cluster"].encode(),
-                          statecodec.encode_json(dumps(p)), p["start_ms"] + p["size_ms"])
+        await out.encoded(records)
+        partials.sort(key=itemgetter(0))  # window by window; nodes in order within one
+        for _i, key, value, ts_ms in partials:
+            await out.put(self.settings.cluster_partials_topic, key, value, ts_ms)
         await self._marker(out, part, pstate, idle=idle)
-        # written by flush(), after everything above was acknowledged
-        for node, st in states.items():
-            if node in gone:
-                self.cache.delete(part, f"node:{node}")
-            elif st is not None:
-                self.cache.put(part, f"node:{node}", st)
 
     async def _marker(self, out: Outbox, part: int, pstate: dict, idle: bool) -> None:
         marker = dumps({"type": "progress", "src": part, "through": partition.progress(pstate), "idle": idle})

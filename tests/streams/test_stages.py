@@ -299,3 +299,21 @@ def test_grouping_by_a_remembered_scrape_shape_equals_grouping_each_sample():
     for rec in variants * 2:  # the second round goes by the remembered plans
         assert grouped(node_state.group_samples(rec)) == grouped(node_state._group_rows(rec))
     assert grouped(node_state.group_samples(variants[2]))[1] == []  # kubeproxy_g now a counter
+
+
+def test_a_close_over_many_nodes_puts_states_back_as_bytes_with_identical_output(monkeypatch):
+    """Past DECODED_CLOSE_MAX nodes a close re-encodes each node state as soon as it is
+    closed (memory bounded by one node, not the partition): outputs, their order and the
+    tables equal the close that keeps every state decoded until the batch ends."""
+    from streams import stages
+
+    settings = StreamSettings(topic_prefix="u", partitions=2, node_gone_after_s=180)
+    records = scrape_records(nodes=5, minutes=12, seed=3, stop={"node-002": 1_700_000_000 + 240})
+    data = msgs(records)
+    expected_tables: tuple[dict, dict] = ({}, {})
+    expected = run_reference(settings, data, seed=4, batch=50, tables=expected_tables)
+    monkeypatch.setattr(stages, "DECODED_CLOSE_MAX", 0)
+    got_tables: tuple[dict, dict] = ({}, {})
+    got = run_reference(settings, data, seed=4, batch=50, tables=got_tables)
+    assert got == expected and got_tables == expected_tables
+    assert any(t == "u.quantiles" for t, _k, _v in got)
