@@ -30,7 +30,7 @@ from producers.select import Selector  # noqa: E402
 from simulator import Cluster  # noqa: E402
 from streams.config import StreamSettings  # noqa: E402
 from streams.stages import ClusterStage, NodeStage  # noqa: E402
-from tests.streams.reference import recording_send, run_reference  # noqa: E402
+from tests.streams.reference import partition_of, run_reference  # noqa: E402
 from tests.streams.simdata import START_S, scrape_records  # noqa: E402
 
 
@@ -39,23 +39,33 @@ def _status_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
 
 
-def rss(nodes: int, minutes: int, batch: int) -> None:
+def rss(nodes: int, minutes: int, batch: int, partitions: int = 1) -> None:
     """Memory of a process whose stages hold `nodes` nodes (dict tables, as the worker's
     in-memory Faust tables hold them): scrapes simulated and fed one interval at a time."""
-    settings = StreamSettings(topic_prefix="p", partitions=1)
+    settings = StreamSettings(topic_prefix="p", partitions=partitions)
     sim = Cluster(nodes=nodes, seed=7, version="1.28", start=float(START_S))
     selector = Selector()
     node_table: dict = {}
     cluster_table: dict = {}
     partials: dict = {0: []}
-    sent: list = []
+    sent = [0]
     before = _status_kib("VmRSS")
 
+    async def send(topic, key, value, ts_ms, part):
+        # like a Kafka producer, which copies what it sends: only the cluster partials are kept
+        if topic == settings.cluster_partials_topic:
+            partials[0].append((key, value))
+        else:
+            sent[0] += 1
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
     async def run() -> int:
-        send = recording_send(settings, sent, partials)
         node = NodeStage(settings, node_table, send)
         cluster = ClusterStage(settings, cluster_table, send)
         offset = cluster_offset = 0
+        offsets = dict.fromkeys(range(partitions), 0)
         for i in range(1, minutes * 4 + 1):
             at = START_S + i * 15
             for name in sim.node_names:
@@ -63,16 +73,17 @@ def rss(nodes: int, minutes: int, batch: int) -> None:
                 outcome = ScrapeOutcome(body=body, duration_s=0.01, body_bytes=len(body), reason="ok")
                 record, _ = build_record(NodeSettings(node=name, cluster="sim"), f"http://{name}:10249/metrics",
                                          at * 1000, outcome, selector)
-                await node.sample(0, offset, record.key, record.encode())
+                part = partition_of(record.key, partitions)
+                await node.sample(part, offsets[part], record.key, record.encode())
+                offsets[part] += 1
                 offset += 1
                 if offset % batch == 0:
                     await node.flush()
                     for _key, value in partials[0]:
-                        await cluster.message(0, cluster_offset, _key, value)
+                        await cluster.message(0, cluster_offset, _key, value)  # one partials partition
                         cluster_offset += 1
                     partials[0].clear()
                     await cluster.flush()
-                    sent.clear()
         await node.flush()
         return offset
 
@@ -95,9 +106,10 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print the top functions by cumulative time")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--rss", action="store_true", help="measure memory instead (see above)")
+    parser.add_argument("--partitions", type=int, default=1, help="samples partitions (--rss)")
     args = parser.parse_args()
     if args.rss:
-        rss(args.nodes, args.minutes, args.batch)
+        rss(args.nodes, args.minutes, args.batch, args.partitions)
         return
     records = scrape_records(nodes=args.nodes, minutes=args.minutes, version="1.28")
     messages = [(r.key, r.encode()) for r in records]

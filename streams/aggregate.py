@@ -9,7 +9,7 @@ order, so floating point sums are identical whatever order partials arrived in.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from contracts.derived import DerivedRecord
 from streams.aggregators import CounterIncrease, GaugeStats, HistogramDeltas, add_buckets, bound_pairs
@@ -128,13 +128,19 @@ def node_records(partial: dict, settings: StreamSettings) -> list[DerivedRecord]
 
 def merge(partials: list[dict], settings: StreamSettings) -> dict:
     """Merge node partials of one cluster window, in node order (deterministic sums)."""
+    return merge_in_order(sorted(partials, key=lambda p: p["node"]), settings)
+
+
+def merge_in_order(partials: Iterable[dict], settings: StreamSettings) -> dict:
+    """`merge` of partials given in node order, one at a time (a generator decoding them
+    holds one partial, not the window's thousands)."""
     acc: dict[str, Any] = {"c": {}, "h": {}, "g": {}}
     health = {"nodes": 0, "nodes_up": 0, "nodes_down": 0, "nodes_missing": 0, "nodes_no_kube_proxy_metrics": 0,
               "nodes_stalled": 0, "nodes_left": 0, "scrapes": 0, "scrapes_failed": 0, "duplicates": 0,
               "max_seconds_since_last_sync": None, "max_stalled_for_s": None, "restore_failures": None}
     present = 0
     counters, hists, gauges = acc["c"], acc["h"], acc["g"]
-    for partial in sorted(partials, key=lambda p: p["node"]):
+    for partial in partials:
         for series, inc in sorted(partial["c"].items()):
             CounterIncrease.merge(counters, series, inc)
         for series, window in sorted(partial["h"].items()):

@@ -54,9 +54,10 @@ trace_log = logging.getLogger("kpp.stream.trace")
 Send = Callable[[str, bytes | None, bytes, int | None, int | None], Awaitable[Awaitable[Any]]]
 
 
-#: A close over more nodes than this puts each node state back as bytes as soon as it is
-#: closed (decoded, a ~15 kB state takes ~10 times that), instead of holding all decoded.
-DECODED_CLOSE_MAX = 1000
+#: Most node states a batch holds decoded (a ~15 kB state takes ~10 times that decoded): past
+#: it, the one changed longest ago goes back to bytes (see StateCache), so a batch or a
+#: window close over thousands of nodes does not hold them all decoded.
+MAX_DECODED_STATES = 500
 
 
 class StateCache:
@@ -71,17 +72,26 @@ class StateCache:
     The table is dict-like (`get`); it is written through `write_in(partition, key, raw)`
     when it has one (the Faust adapter: the changelog partition is explicit because a
     batch mixes events of several partitions), else with `table[key] = raw` /
-    `table.pop(key)` (plain dicts, as the in-process runs use)."""
+    `table.pop(key)` (plain dicts, as the in-process runs use).
 
-    __slots__ = ("table", "rank", "values", "raw", "dirty")
+    With `bounded(key)` true for a key, at most `max_decoded` such values are held decoded:
+    past that, the one read or put longest ago is encoded back (or, unchanged, forgotten).
+    A caller therefore `put`s a value after changing it, before other keys are put (the
+    stages do), and reads it again with `get` afterwards."""
+
+    __slots__ = ("table", "rank", "values", "raw", "dirty", "bounded", "max_decoded", "decoded")
     _UNKNOWN = object()
 
-    def __init__(self, table: MutableMapping, rank: Callable[[str, Any], int]) -> None:
+    def __init__(self, table: MutableMapping, rank: Callable[[str, Any], int],
+                 bounded: Callable[[str], bool] | None = None, max_decoded: int = MAX_DECODED_STATES) -> None:
         self.table = table
         self.rank = rank
         self.values: dict[str, Any] = {}  # key -> decoded dict, raw bytes, or None (absent)
         self.raw: dict[str, bytes | None] = {}  # key -> bytes as read from the table
         self.dirty: dict[str, int | None] = {}  # key -> changelog partition
+        self.bounded = bounded
+        self.max_decoded = max_decoded
+        self.decoded: dict[str, None] = {}  # bounded keys held decoded, oldest first
 
     def get(self, key: str) -> Any:
         """The decoded JSON value of `key`, or None."""
@@ -90,8 +100,24 @@ class StateCache:
         except KeyError:
             raw = self.raw[key] = self.table.get(key)
             value = self.values[key] = None if raw is None else statecodec.decode(raw)
+            if value is not None and self.bounded is not None and self.bounded(key):
+                self._held(key)
             return value
         return statecodec.decode(value) if isinstance(value, bytes) else value
+
+    def _held(self, key: str) -> None:
+        decoded = self.decoded
+        decoded.pop(key, None)
+        decoded[key] = None
+        if len(decoded) > self.max_decoded:
+            oldest = next(iter(decoded))
+            del decoded[oldest]
+            value = self.values.get(oldest)
+            if isinstance(value, (dict, list)):
+                if oldest in self.dirty:
+                    self.values[oldest] = statecodec.encode(value)
+                else:
+                    del self.values[oldest]  # unchanged: read again from the table if needed
 
     def get_bytes(self, key: str) -> bytes | None:
         """The encoded value of `key` (see streams/statecodec.py), or None."""
@@ -111,10 +137,13 @@ class StateCache:
         """Set `key` to a JSON-able value or to encoded bytes (written at the end of the batch)."""
         self.values[key] = value
         self.dirty[key] = part
+        if self.bounded is not None and value is not None and not isinstance(value, bytes) and self.bounded(key):
+            self._held(key)
 
     def delete(self, part: int | None, key: str) -> None:
         self.values[key] = None
         self.dirty[key] = part
+        self.decoded.pop(key, None)
 
     def writes(self) -> list[tuple[int | None, str, bytes | None]]:
         """(partition, key, bytes or None to delete) of every changed key, in rank order (stable
@@ -143,6 +172,7 @@ class StateCache:
         self.values.clear()
         self.raw.clear()
         self.dirty.clear()
+        self.decoded.clear()
 
 
 async def write_table(table: MutableMapping, writes: list[tuple[int | None, str, bytes | None]]) -> None:
@@ -213,9 +243,14 @@ class Outbox:
 
 def encoded_records(records: list[DerivedRecord], topics) -> list[tuple]:
     """(send order, topic, key, bytes, timestamp) of records: what Outbox.encoded sends,
-    without holding the record objects until then."""
-    return [(aggregate.record_order(r), getattr(topics, r.kind), r.key, r.encode(), r.window_end_ms)
-            for r in records]
+    without holding the record objects until then. The bytes are copied to their size:
+    orjson's output of a small value keeps a buffer of several kB allocated."""
+    return [(aggregate.record_order(r), getattr(topics, r.kind), r.key, memoryview(r.encode()).tobytes(),
+             r.window_end_ms) for r in records]
+
+
+def _is_node_key(key: str) -> bool:
+    return key.startswith("node:")
 
 
 def _node_rank(key: str, _raw: Any) -> int:
@@ -274,7 +309,7 @@ class NodeStage:
         self.send = send
         self.clock = clock
         self.topics = settings.topics
-        self.cache = StateCache(table, _node_rank)
+        self.cache = StateCache(table, _node_rank, bounded=_is_node_key)
         self.out = Outbox(send)
         self.last_event: dict[int, float] = {}  # wall clock of the last event per partition
         self._ticked: dict[int, float | None] = {}
@@ -492,12 +527,11 @@ class NodeStage:
 
     async def _close(self, out: Outbox, part: int, pstate: dict, due: list[tuple[int, int]], idle: bool) -> None:
         # Node by node (each node's due windows in order), so that on a partition of many
-        # nodes each state can go back to bytes as soon as it is closed: memory does not grow
-        # with the node count. What is sent, and in which order, is as if window by window.
+        # nodes states can go back to bytes once closed (StateCache's bound): memory does not
+        # grow with the node count. What is sent, and in which order, is as if window by window.
         records: list[tuple] = []
         partials: list[tuple[int, bytes, bytes, int]] = []  # (due window, key, value, timestamp)
         largest = max(self.settings.sizes_ms)
-        release = len(pstate["nodes"]) > DECODED_CLOSE_MAX
         for node in list(pstate["nodes"]):
             nkey = f"node:{node}"
             st = self.cache.get(nkey)
@@ -513,8 +547,8 @@ class NodeStage:
                 partial["src"] = part
                 partial["type"] = "partial"
                 # compressed when large, like the node state it comes from (which fits a record)
-                partials.append((i, partial["cluster"].encode(), statecodec.encode_json(dumps(partial)),
-                                 start + size))
+                partials.append((i, partial["cluster"].encode(),
+                                 memoryview(statecodec.encode_json(dumps(partial))).tobytes(), start + size))
                 if partial["left"] and size == largest:
                     pstate["nodes"].remove(node)
                     gone = True
@@ -523,7 +557,7 @@ class NodeStage:
             if gone:
                 self.cache.delete(part, nkey)
             else:
-                self.cache.put(part, nkey, statecodec.encode(st) if release else st)
+                self.cache.put(part, nkey, st)  # back to bytes past MAX_DECODED_STATES
         for size, start in due:
             partition.mark_closed(pstate, size, start)
             self.metrics.window_closed("node", size, start)
@@ -631,8 +665,9 @@ class ClusterStage:
         for name, size, start in due:
             nodes = cluster.take_window(index, name, size, start, PartitionView(cache, q))
             keys = [cluster.partial_key(name, size, start, n) for n in nodes]
-            partials = [statecodec.decode(raw) for raw in map(cache.get_bytes, keys) if raw is not None]
-            merged = aggregate.merge(partials, self.settings)
+            # keys in node order (take_window sorts the nodes): decoded one at a time
+            partials = (statecodec.decode(raw) for raw in map(cache.get_bytes, keys) if raw is not None)
+            merged = aggregate.merge_in_order(partials, self.settings)
             history = (cluster.roll_slo(index, name, start, merged, self.settings)
                        if size == self.settings.step_s * 1000 else None)
             await out.records(aggregate.cluster_records(name, size, start, merged, self.settings, history),

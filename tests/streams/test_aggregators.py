@@ -164,3 +164,17 @@ def test_bucket_keys_by_bound_and_bound_pairs():
     buckets = {"+Inf": 3.0, "0.5": 1.0, "10": 2.0, "2": 1.5}
     assert keys_by_bound(buckets) == ["0.5", "2", "10", "+Inf"]
     assert bound_pairs(buckets) == [(INF, 3.0), (0.5, 1.0), (10.0, 2.0), (2.0, 1.5)]
+
+
+def test_cluster_merge_of_partials_one_at_a_time_equals_the_merge_of_all():
+    """The cluster stage merges a window's partials as it decodes them, in node order."""
+    from streams import aggregate
+    from streams.config import StreamSettings
+
+    base = {"scrapes": 1, "up": 1, "dups": 0, "left": False,
+            "last": {"up": 1, "kpm": 1, "since_sync": 1.0, "stall": 0.0}, "g": {"g|{}": [1.0, 1.0, 2.0]}}
+    partials = [dict(base, node=n, c={"x|{}": inc}, h={"h|{}": [{"1.0": inc, "+Inf": 2 * inc}, 2 * inc, inc / 3]})
+                for n, inc in (("c", 0.3), ("a", 0.1), ("b", 0.2))]
+    settings = StreamSettings(topic_prefix="u")
+    in_order = aggregate.merge_in_order(iter(sorted(partials, key=lambda p: p["node"])), settings)
+    assert orjson.dumps(in_order) == orjson.dumps(aggregate.merge(partials, settings))

@@ -301,10 +301,10 @@ def test_grouping_by_a_remembered_scrape_shape_equals_grouping_each_sample():
     assert grouped(node_state.group_samples(variants[2]))[1] == []  # kubeproxy_g now a counter
 
 
-def test_a_close_over_many_nodes_puts_states_back_as_bytes_with_identical_output(monkeypatch):
-    """Past DECODED_CLOSE_MAX nodes a close re-encodes each node state as soon as it is
-    closed (memory bounded by one node, not the partition): outputs, their order and the
-    tables equal the close that keeps every state decoded until the batch ends."""
+def test_node_states_past_the_decoded_bound_go_back_to_bytes_with_identical_output(monkeypatch):
+    """Past MAX_DECODED_STATES a batch encodes back the node state changed longest ago (a
+    batch or a close over thousands of nodes does not hold them all decoded): outputs, their
+    order and the tables equal a run that holds every state decoded until the batch ends."""
     from streams import stages
 
     settings = StreamSettings(topic_prefix="u", partitions=2, node_gone_after_s=180)
@@ -312,7 +312,7 @@ def test_a_close_over_many_nodes_puts_states_back_as_bytes_with_identical_output
     data = msgs(records)
     expected_tables: tuple[dict, dict] = ({}, {})
     expected = run_reference(settings, data, seed=4, batch=50, tables=expected_tables)
-    monkeypatch.setattr(stages, "DECODED_CLOSE_MAX", 0)
+    monkeypatch.setattr(stages.StateCache.__init__, "__defaults__", (None, 1))
     got_tables: tuple[dict, dict] = ({}, {})
     got = run_reference(settings, data, seed=4, batch=50, tables=got_tables)
     assert got == expected and got_tables == expected_tables
