@@ -32,14 +32,11 @@ from __future__ import annotations
 
 from bisect import insort
 
+# the reasons of `<prefix>.late` records: the late-record contract's closed set
+from contracts.late import CLOCK_SKEW, TOO_OLD, WINDOW_CLOSED
 from streams.config import StreamSettings
 from streams.windows import watermark, window_start
 
-
-#: Reasons of the records on `<prefix>.late` (field "reason"; "detail" says more).
-WINDOW_CLOSED = "window_closed"  # its window had closed (later than the allowed lateness)
-CLOCK_SKEW = "clock_skew"  # stamped more than max_clock_skew ahead of the trusted clock
-TOO_OLD = "too_old"  # not after the epoch, or older than anything the partition still holds
 
 #: Most windows one `due_windows` call returns (all sizes together).
 MAX_DUE_WINDOWS = 10_000

@@ -40,6 +40,7 @@ from contracts.codec import DecodeError, dumps
 from contracts.derived import DerivedRecord
 from contracts.dlq import dead_letter as contract_dead_letter
 from contracts.dlq import dlq_key
+from contracts.late import late_partial, late_scrape
 from streams import aggregate, cluster, node_state, partition, statecodec
 from streams.config import StreamSettings
 from streams.decode import fast_decode
@@ -394,10 +395,8 @@ class NodeStage:
                 self.metrics.late(reason)
                 if reason != partition.WINDOW_CLOSED:
                     self._reject(record.node, reason, detail, part, offset, pstate, nstate)
-                await out.put(self.topics.late, record.key, dumps({
-                    "reason": reason, "detail": detail, "stage": "node", "topic": self.topics.samples,
-                    "partition": part, "offset": offset, "node": record.node, "cluster": record.cluster,
-                    "scrape_ts_ms": ts, "record": record.to_json()}), late_timestamp(reason, ts))
+                late_record = late_scrape(reason, detail, self.topics.samples, part, offset, record)
+                await out.put(self.topics.late, late_record.key, late_record.encode(), late_timestamp(reason, ts))
                 if nstate is not None:
                     nstate["off"] = offset
                     cache.put(part, nkey, nstate)
@@ -653,11 +652,8 @@ class ClusterStage:
             elif reason is not None:
                 self.stats["late"] += 1
                 self.metrics.late(partition.WINDOW_CLOSED)
-                await out.put(self.topics.late, key, dumps({
-                    "reason": partition.WINDOW_CLOSED, "detail": reason, "stage": "cluster",
-                    "topic": self.settings.cluster_partials_topic,
-                    "partition": q, "offset": offset, "node": node, "cluster": name, "partial": msg}),
-                    start + size)
+                await out.put(self.topics.late, key, late_partial(
+                    reason, self.settings.cluster_partials_topic, q, offset, msg).encode(), start + size)
             elif cluster.add_partial(index, name, size, start, node, PartitionView(cache, q)):
                 self.stats["partials"] += 1
                 cache.put(q, cluster.partial_key(name, size, start, node), value)
