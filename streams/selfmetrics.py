@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from contracts.late import REASONS as LATE_REASONS
 from contracts.selfmetrics import new_registry
 from streams import statecodec
 from streams.windows import window_start
@@ -132,6 +133,10 @@ class StreamMetrics(StageMetrics):
                                "per source partition; cluster: once per cluster).", ["window", "scope"], registry=r)
         self.late_records = Counter("kpp_stream_late", "Records sent to <prefix>.late, by reason.", ["reason"],
                                     registry=r)
+        # every reason from the start, at 0: increase() sees a first burst only from a series
+        # that existed before it
+        for reason in LATE_REASONS:
+            self.late_records.labels(reason=reason)
         self.dlq_records = Counter("kpp_stream_dlq", "Records sent to <prefix>.dlq, by reason.", ["reason"],
                                    registry=r)
         self.batch_seconds = Histogram("kpp_stream_batch_duration_seconds", "Time to process, flush and "

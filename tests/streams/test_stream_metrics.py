@@ -138,3 +138,13 @@ def test_a_state_the_heartbeat_cannot_read_is_warned_once_and_still_beats(caplog
         metrics.heartbeat(broken, broken, [TP(topic=S.topics.samples, partition=0)])
     assert caplog.text.count("could not count the open windows") == 1
     assert metrics.last_beat == 50.0 and stream_health(51.0, metrics.last_beat)[0]
+
+
+def test_every_late_reason_is_exposed_at_zero_before_the_first_late_record() -> None:
+    # a series that appears with its first burst is invisible to increase(); the alert on late
+    # records needs each reason's series to exist at 0 from the start
+    from contracts.late import REASONS
+
+    exposed = samples(StreamMetrics())
+    for reason in REASONS:
+        assert exposed[("kpp_stream_late_total", (("reason", reason),))] == 0.0
