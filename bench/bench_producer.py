@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from bench.machine import describe, emit  # noqa: E402
-from contracts.kafka import KafkaConnection  # noqa: E402
+from kafka_io.connection import KafkaConnection  # noqa: E402
 from producers.node import NodeSettings, build_record  # noqa: E402
 from producers.scrape import ScrapeOutcome  # noqa: E402
 from producers.select import Selector  # noqa: E402

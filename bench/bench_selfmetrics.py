@@ -36,7 +36,7 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import describe, emit  # noqa: E402
-from contracts.selfmetrics import Counters  # noqa: E402
+from runtime.selfmetrics import Counters  # noqa: E402
 from producers.node import NodeProducer, NodeSettings, build_record  # noqa: E402
 from producers.scrape import ScrapeOutcome  # noqa: E402
 from producers.select import Selector  # noqa: E402

@@ -36,9 +36,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import describe, emit  # noqa: E402
-from contracts.config import vm_url  # noqa: E402
+from runtime.config import vm_url  # noqa: E402
 from contracts.derived import DerivedRecord  # noqa: E402
-from contracts.kafka import KafkaConnection  # noqa: E402
+from kafka_io.connection import KafkaConnection  # noqa: E402
 from sinks.fastpath import fast_path_for  # noqa: E402
 from sinks.loop import LoopSettings, SinkLoop  # noqa: E402
 from sinks.series import derived_points  # noqa: E402

@@ -45,7 +45,7 @@ from kafka.admin import NewTopic  # noqa: E402
 
 from bench.machine import describe, emit  # noqa: E402
 from contracts.derived import DerivedRecord  # noqa: E402
-from contracts.kafka import KafkaConnection  # noqa: E402
+from kafka_io.connection import KafkaConnection  # noqa: E402
 from contracts.records import ScrapeRecord  # noqa: E402
 from streams.config import StreamSettings  # noqa: E402
 from tests.streams.simdata import scrape_records  # noqa: E402

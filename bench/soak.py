@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.machine import describe  # noqa: E402
 from bench.png import Panel, Series, chart  # noqa: E402
-from contracts.kafka import KafkaConnection  # noqa: E402
+from kafka_io.connection import KafkaConnection  # noqa: E402
 from contracts.topics import Topics  # noqa: E402
 from stack.kafka import KafkaService, broker_answers_metadata  # noqa: E402
 from stack.settings import StackSettings  # noqa: E402

@@ -74,13 +74,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def _quiet_client_logs(log_level: str) -> None:
     # No secret in any printed record, ours or a client library's (e.g. kafka-python's
     # configuration dump at DEBUG): a filter on the handlers every record ends up in.
-    from contracts.kafka import capture_client_failures, redact_secrets_in_logs
+    from kafka_io.connection import capture_client_failures, redact_secrets_in_logs
 
     redact_secrets_in_logs()
     # Client libraries log every connection at INFO and every failed reconnect at ERROR:
     # a storm during an outage. Our stages log each outage once, when it starts and ends;
     # the Kafka clients' records are kept back, but the cause of a failed connection
-    # (refused credentials, TLS) is taken from them (contracts/kafka.py).
+    # (refused credentials, TLS) is taken from them (kafka_io/connection.py).
     capture_client_failures("kafka", show_below_critical=log_level == "DEBUG")
     if log_level != "DEBUG":
         for noisy in ("httpx", "httpcore"):
@@ -89,8 +89,8 @@ def _quiet_client_logs(log_level: str) -> None:
 
 def _kafka_failure(args: argparse.Namespace, exc: Exception) -> KppError | None:
     """A Kafka client library's exception that escaped a command, as the one line (broker,
-    cause, fix) and exit code of contracts/kafka.py; None for anything else."""
-    from contracts.kafka import KafkaConnection, is_client_error
+    cause, fix) and exit code of kafka_io/connection.py; None for anything else."""
+    from kafka_io.connection import KafkaConnection, is_client_error
 
     if not is_client_error(exc):
         return None

@@ -20,7 +20,7 @@ from pathlib import Path
 from contracts.codec import DecodeError
 from contracts.derived import DerivedRecord
 from contracts.errors import KppError
-from contracts.kafka import KafkaAuthenticationError, KafkaConnection, KafkaUnavailableError
+from kafka_io.connection import KafkaAuthenticationError, KafkaConnection, KafkaUnavailableError
 from contracts.records import ScrapeRecord
 from contracts.topics import Topics
 from stack.settings import StackSettings

@@ -25,7 +25,7 @@ from typing import IO, Callable, Iterable
 
 import httpx
 
-from contracts.config import vm_url as default_vm_url
+from runtime.config import vm_url as default_vm_url
 from contracts.errors import ConfigError, KppError
 from kpp.tail import parse_since
 

@@ -12,8 +12,8 @@ from typing import IO
 from contracts.codec import DecodeError, dumps
 from contracts.derived import KINDS, DerivedRecord
 from contracts.errors import ConfigError
-from contracts.kafka import KafkaConnection
-from contracts.terminal import excerpt, printable
+from kafka_io.connection import KafkaConnection
+from runtime.terminal import excerpt, printable
 from contracts.topics import DEFAULT_PREFIX, Topics
 
 _RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)([smhd])$")

@@ -10,9 +10,9 @@ import logging
 import sys
 
 from contracts.errors import ConfigError
-from contracts.kafka import KafkaConnection
-from contracts.options import Option, add_command, resolve_command
-from contracts.topic_admin import BROKER_DEFAULT_REPLICATION, EnsuredTopics, ensure_topics
+from kafka_io.connection import KafkaConnection
+from runtime.options import Option, add_command, resolve_command
+from kafka_io.admin import BROKER_DEFAULT_REPLICATION, EnsuredTopics, ensure_topics
 from contracts.topics import DEFAULT_PREFIX
 
 log = logging.getLogger("kpp.topics")

@@ -50,7 +50,7 @@ from typing import Any, Callable
 import orjson
 
 from contracts.errors import ConfigError
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 
 log = logging.getLogger("kpp.archive")
 

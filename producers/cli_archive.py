@@ -10,8 +10,8 @@ import signal
 import sys
 import threading
 
-from contracts.kafka import KafkaConnection
-from contracts.options import Option, add_command, byte_size, positive_float, resolve_command
+from kafka_io.connection import KafkaConnection
+from runtime.options import Option, add_command, byte_size, positive_float, resolve_command
 from contracts.topics import DEFAULT_PREFIX, Topics
 from producers.importer import DEFAULT_MAX_LINE_BYTES
 

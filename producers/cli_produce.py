@@ -14,15 +14,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from contracts.errors import ConfigError
-from contracts.kafka import KafkaConnection
-from contracts.options import Option, add_command, byte_size, positive_float, resolve_command
+from kafka_io.connection import KafkaConnection
+from runtime.options import Option, add_command, byte_size, positive_float, resolve_command
 from contracts.topics import DEFAULT_PREFIX, Topics
 from producers.node import DEFAULT_MAX_RECORD_BYTES, NodeProducer, NodeSettings
 from producers.parser import METRIC_TYPES
 from producers.scrape import DEFAULT_TARGET, TargetSettings
 from producers.secrets import parse_header_specs, redact_url, secret_literals_on_command_line
 from producers.select import DEFAULT_ALLOW, Selector, SelectionRules, parse_label_pairs
-from contracts.selfmetrics import Counters, serve
+from runtime.selfmetrics import Counters, serve
 
 log = logging.getLogger("kpp.produce")
 KAFKA_REQUEST_OVERHEAD_BYTES = 16 * 1024  # batch and request headers around the largest record

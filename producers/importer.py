@@ -41,10 +41,10 @@ import orjson
 
 from contracts.codec import DecodeError, float_from_json
 from contracts.errors import ConfigError
-from contracts.kafka import KafkaConnection
-from contracts.topic_admin import TopicSpec, ensure_topics
+from kafka_io.connection import KafkaConnection
+from kafka_io.admin import TopicSpec, ensure_topics
 from contracts.records import Sample, ScrapeRecord
-from contracts.terminal import excerpt
+from runtime.terminal import excerpt
 from producers.archive import INDEX, line_problem, line_value
 from producers.parser import ParseError, ParseResult, parse_families
 from producers.select import Selector

@@ -20,7 +20,7 @@ from contracts.records import ScrapeRecord
 from producers.parser import ParseError, parse_families
 from producers.scrape import ScrapeOutcome, Scraper, TargetSettings
 from producers.select import Selector
-from contracts.selfmetrics import Counters
+from runtime.selfmetrics import Counters
 
 log = logging.getLogger("kpp.produce")
 

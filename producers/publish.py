@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from contracts.errors import ConfigError
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from producers.spool import Spool, SpoolEntry
 
 log = logging.getLogger(__name__)

@@ -11,12 +11,12 @@ import socket
 import threading
 import time
 
-from contracts.config import vm_url
+from runtime.config import vm_url
 from contracts.errors import ConfigError
-from contracts.kafka import KafkaConnection
-from contracts.options import Option, add_command, byte_size, positive_float, resolve_command
+from kafka_io.connection import KafkaConnection
+from runtime.options import Option, add_command, byte_size, positive_float, resolve_command
 from contracts.topics import DEFAULT_PREFIX, Topics
-from contracts.selfmetrics import Counters, serve
+from runtime.selfmetrics import Counters, serve
 from sinks.loop import LoopSettings, SinkLoop
 from sinks.series import parse_extra_labels
 from sinks.sink import Backoff, BatchingSink, BatchLimits

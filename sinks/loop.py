@@ -39,9 +39,9 @@ from typing import Callable, Mapping
 from contracts.codec import DecodeError
 from contracts.derived import DerivedRecord
 from contracts.dlq import dead_letter, dlq_key
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from contracts.records import ScrapeRecord
-from contracts.selfmetrics import Counters
+from runtime.selfmetrics import Counters
 from sinks.encode import Unrepresentable
 from sinks.fastpath import fast_path_for
 from sinks.fetch import install as install_fast_decoding

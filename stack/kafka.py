@@ -31,7 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from stack.process import ManagedProcess, StackError, port_in_use, port_open
 from stack.settings import StackSettings
 from stack.tls import TlsError, make_ca, make_certificate, pem_keystore

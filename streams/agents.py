@@ -24,7 +24,7 @@ import traceback
 import faust
 
 from contracts.dlq import dlq_key
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from streams.app import TABLES
 from streams.config import StreamSettings
 from streams.selfmetrics import HEARTBEAT_S, StreamMetrics

@@ -8,9 +8,9 @@ from typing import Mapping
 
 import faust
 
-from contracts.kafka import KafkaConnection
-from contracts.topic_admin import TopicSpec
-from contracts.topic_admin import ensure_topics as ensure_pipeline_topics
+from kafka_io.connection import KafkaConnection
+from kafka_io.admin import TopicSpec
+from kafka_io.admin import ensure_topics as ensure_pipeline_topics
 from streams.config import StreamSettings
 
 

@@ -9,8 +9,8 @@ import logging
 import os
 
 from contracts.errors import ConfigError
-from contracts.kafka import KafkaConnection
-from contracts.options import Option, add_command, positive_float, resolve_command
+from kafka_io.connection import KafkaConnection
+from runtime.options import Option, add_command, positive_float, resolve_command
 from contracts.topics import DEFAULT_PREFIX
 from streams.config import DEFAULT_QUANTILES, StreamSettings
 
@@ -142,7 +142,7 @@ def settings_from(args: argparse.Namespace) -> StreamSettings:
 
 def serve_metrics(listen: str, app, settings: StreamSettings, connection: KafkaConnection) -> None:
     """/metrics, /healthz, /readyz of the worker (streams/selfmetrics.py), and the group's lag."""
-    from contracts.selfmetrics import serve
+    from runtime.selfmetrics import serve
     from streams.app import app_id
     from streams.selfmetrics import LagReader
 

@@ -12,8 +12,8 @@ import time
 from typing import IO
 
 from contracts.errors import ConfigError
-from contracts.kafka import KafkaConnection
-from contracts.options import add_to
+from kafka_io.connection import KafkaConnection
+from runtime.options import add_to
 from streams.replay import ReplayStats, out_prefix
 
 DESCRIPTION = """\

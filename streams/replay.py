@@ -53,8 +53,8 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 import orjson
 
 from contracts.errors import ConfigError, KppError
-from contracts.kafka import KafkaConnection
-from contracts.topic_admin import TopicSpec, ensure_topics
+from kafka_io.connection import KafkaConnection
+from kafka_io.admin import TopicSpec, ensure_topics
 from contracts.topics import Topics
 from streams.config import StreamSettings
 from streams.stages import ClusterStage, NodeStage

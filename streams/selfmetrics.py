@@ -25,7 +25,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from contracts.late import REASONS as LATE_REASONS
-from contracts.selfmetrics import new_registry
+from runtime.selfmetrics import new_registry
 from streams import statecodec
 from streams.windows import window_start
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer
 
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from stack.kafka import KafkaService, broker_answers_metadata
 from stack.settings import StackSettings
 from stack.victoriametrics import VictoriaMetricsService
@@ -110,3 +110,14 @@ def private_kafka(tmp_path: Path, stack_settings: StackSettings):  # noqa: ANN20
     })
     with running_kafka(settings, stack_settings) as service:
         yield service
+
+
+# A test that asks for a real broker or store crosses a process boundary, whatever its
+# decorators say: mark it so `-m "not integration"` never needs the stack.
+_SERVICE_FIXTURES = frozenset({"kafka", "vm_url", "private_kafka"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from contracts.config import DEFAULT_VM_URL
-from contracts.kafka import DEFAULT_BOOTSTRAP
+from runtime.config import DEFAULT_VM_URL
+from kafka_io.connection import DEFAULT_BOOTSTRAP
 
 REPO = Path(__file__).resolve().parent.parent
 KPP = str(Path(sys.executable).parent / "kpp")
@@ -59,7 +59,7 @@ def test_compose_commands_exist() -> None:
 def test_compose_commands_parse_with_the_kpp_parser() -> None:
     """Every `kpp` command line is accepted by kpp's own parser and its values convert as the
     stage converts them."""
-    from contracts.options import resolve
+    from runtime.options import resolve
     from kpp.cli import build_parser
     from kpp.topics import OPTIONS as TOPICS
     from producers.cli_produce import OPTIONS as PRODUCE

@@ -20,7 +20,7 @@ PURE_MODULES = (
     "contracts.codec", "contracts.records", "contracts.derived", "contracts.dlq", "contracts.topics",
     # the connection settings and option resolution: importing them must not load (and, as
     # it once did, patch) a client
-    "contracts.kafka", "contracts.options",
+    "kafka_io.connection", "runtime.options",
 )
 
 PROBE = """

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from contracts.derived import DerivedRecord
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from contracts.records import ScrapeRecord
 from contracts.topics import Topics
 from stack.kafka import KafkaService
@@ -354,7 +354,7 @@ def test_secured_mode_configuration_and_default_unchanged(tmp_path: Path) -> Non
 def test_explain_names_the_cause_and_never_the_password() -> None:
     from kafka.errors import KafkaTimeoutError, SaslAuthenticationFailedError
 
-    from contracts.kafka import Secret, classify_exception
+    from kafka_io.connection import Secret, classify_exception
 
     connection = KafkaConnection(bootstrap="127.0.0.1:1", security_protocol="SASL_SSL",
                                  sasl_mechanism="SCRAM-SHA-512", sasl_username="kpp",
@@ -367,7 +367,7 @@ def test_explain_names_the_cause_and_never_the_password() -> None:
     assert classify_exception(ssl.SSLCertVerificationError("certificate verify failed"))[0] == "tls"
     assert classify_exception(KafkaTimeoutError("Unable to bootstrap")) is None
     # a refused login seen only in the client's log records is found through them
-    from contracts.kafka import CLIENT_FAILURES
+    from kafka_io.connection import CLIENT_FAILURES
     import logging
 
     CLIENT_FAILURES.clear()

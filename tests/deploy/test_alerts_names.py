@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 from prometheus_client import generate_latest
 
-from contracts.selfmetrics import Counters
+from runtime.selfmetrics import Counters
 from producers.cli_produce import PublisherCollector
 from producers.node import NodeProducer, NodeSettings
 from producers.select import Selector

@@ -28,7 +28,7 @@ import pytest
 import yaml
 from kafka import KafkaProducer
 
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from tests.conftest import REPO, free_port
 from tests.deploy.pipeline_data import (SCENARIOS, SELF_FAULT_MIN, SELF_SCENARIOS, aligned_start, derived_records,
                                         flush, import_series, scrape_records, self_metric_series)

@@ -222,7 +222,7 @@ def expand(text: str, env: dict[str, str]) -> str:
 
 
 def test_every_container_command_parses_with_the_kpp_parser(rendered, tmp_path: Path) -> None:
-    from contracts.options import load_toml, resolve
+    from runtime.options import load_toml, resolve
     from kpp.cli import build_parser
 
     name, docs = rendered
@@ -337,7 +337,7 @@ def test_topics_job_runs_before_install_and_upgrade_with_the_workers_partitions(
     assert f"--partitions={sasl['topics']['partitions']}" in container(docs, "stream")["args"]
     assert f"--topic-prefix={sasl['topics']['prefix']}" in c["args"]
     # a mismatched partition count (exit 2) fails the Job at once instead of retrying
-    from contracts.topic_admin import TopicPartitionMismatch
+    from kafka_io.admin import TopicPartitionMismatch
 
     (rule,) = job["spec"]["podFailurePolicy"]["rules"]
     assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [TopicPartitionMismatch.exit_code]

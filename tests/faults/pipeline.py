@@ -32,7 +32,7 @@ import httpx
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from contracts.records import ScrapeRecord
 from producers.node import NodeSettings, build_record
 from producers.scrape import ScrapeOutcome

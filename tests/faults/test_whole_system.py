@@ -48,7 +48,7 @@ from kafka import KafkaProducer
 
 from contracts.codec import DecodeError
 from contracts.derived import DerivedRecord
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from contracts.records import ScrapeRecord
 from producers.node import NodeSettings, build_record
 from producers.scrape import ScrapeOutcome
@@ -69,7 +69,7 @@ from tests.streams.reference import run_reference
 pytestmark = pytest.mark.integration
 
 # KPP_FAULTS_NODES changes the node count (50 producers processes fit a 2-core machine since
-# kafka-python's sender no longer spins while the broker is down: contracts/kafka.py).
+# kafka-python's sender no longer spins while the broker is down: kafka_io/connection.py).
 NODES = int(os.environ.get("KPP_FAULTS_NODES", "50"))
 SEED = 20240607
 INTERVAL = 2.0

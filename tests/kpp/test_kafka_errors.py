@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from tests.conftest import free_port, wait_until
 
 KPP = [sys.executable, "-m", "kpp"]

@@ -12,7 +12,7 @@ from kafka import KafkaProducer
 from contracts.codec import dumps, loads
 from contracts.derived import DerivedRecord
 from contracts.errors import ConfigError
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from kpp.tail import TableWriter, Unshowable, format_window_end, json_line, parse_since, table_cells
 
 KPP = [sys.executable, "-m", "kpp"]

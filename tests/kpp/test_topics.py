@@ -1,5 +1,5 @@
 """`kpp topics ensure` and the one topic-creating function every stage uses
-(contracts/topic_admin.py): what to create, what to refuse, and that a second run changes
+(kafka_io/admin.py): what to create, what to refuse, and that a second run changes
 nothing, against the real broker."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
-from contracts.kafka import KafkaConnection
-from contracts.topic_admin import TopicSpec, mismatch_message, plan_topics
+from kafka_io.connection import KafkaConnection
+from kafka_io.admin import TopicSpec, mismatch_message, plan_topics
 from streams.app import owned_topics, topic_specs
 from streams.config import StreamSettings
 
@@ -141,7 +141,7 @@ def test_workers_starting_together_create_each_topic_once_and_all_succeed(kafka:
     topic is created by exactly one of them, none fails on "already exists"."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from contracts.topic_admin import ensure_topics
+    from kafka_io.admin import ensure_topics
 
     settings = StreamSettings(topic_prefix=f"race{uuid.uuid4().hex[:8]}", partitions=2)
     specs = topic_specs(settings)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from contracts.errors import ConfigError
-from contracts.terminal import excerpt, printable
+from runtime.terminal import excerpt, printable
 from producers.archive import archive_line, line_problem
 from kpp.cli import build_parser
 from producers.importer import (DEFAULT_MAX_LINE_BYTES, Identity, ImportStats, LineTooLong, RefusedEntry, archive_member,

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from contracts.records import ScrapeRecord
 from producers.spool import Spool
 from simulator import Cluster

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from contracts.records import ScrapeRecord
 from tests.conftest import FIXTURES, consume, free_port, wait_until
 

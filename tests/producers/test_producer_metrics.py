@@ -16,8 +16,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from contracts.kafka import KafkaConnection
-from contracts.selfmetrics import Counters
+from kafka_io.connection import KafkaConnection
+from runtime.selfmetrics import Counters
 from producers.cli_produce import _export_publisher_stats
 from producers.node import NodeProducer, NodeSettings
 from producers.scrape import ScrapeOutcome

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from contracts.errors import ConfigError
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from producers.publish import Publisher
 from producers.spool import Spool
 from stack.kafka import KafkaService

@@ -17,8 +17,8 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from contracts.derived import DerivedRecord
-from contracts.kafka import KafkaConnection
-from contracts.selfmetrics import Counters
+from kafka_io.connection import KafkaConnection
+from runtime.selfmetrics import Counters
 from sinks.loop import LoopSettings, SinkLoop
 from sinks.sink import Backoff, BatchingSink, BatchLimits
 from sinks.writers import WRITERS, WriterSettings

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from contracts.dlq import DLQ_SCHEMA, dead_letter
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from sinks.loop import SinkLoop, LoopSettings
 from sinks.sink import BatchingSink, Item, Rejection
 from sinks.writers import InfluxWriter, VictoriaMetricsWriter, WriterSettings

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts.derived import KINDS, DerivedRecord, schema_name
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from sinks.loop import LoopSettings, SinkLoop
 from sinks.sink import BatchingSink, Item
 from sinks.writers import WRITERS, VictoriaMetricsWriter, WriterSettings

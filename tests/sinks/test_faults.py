@@ -20,7 +20,7 @@ from kafka.admin import KafkaAdminClient
 
 from contracts.derived import DerivedRecord
 from contracts.dlq import DLQ_SCHEMA
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from sinks.sink import Backoff, BatchLimits
 from tests.conftest import REPO, free_port
 from tests.sinks import servers

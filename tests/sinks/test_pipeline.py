@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from kafka.structs import TopicPartition
 
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from sinks.loop import LoopSettings, SinkLoop
 from sinks.sink import Backoff, BatchingSink, BatchLimits, Item
 from sinks.writers import StoreUnavailable, VictoriaMetricsWriter, WriterSettings

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from contracts.derived import DerivedRecord
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from contracts.records import Sample, ScrapeRecord
 from tests.sinks import servers
 from tests.sinks.helpers import (

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from sinks.cli import sink_liveness, sink_readiness
 from tests.sinks import servers
 from tests.sinks.helpers import FIRST_READ_S, create_topic, make_records, produce_records, unique, wait_for

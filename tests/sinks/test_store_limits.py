@@ -21,7 +21,7 @@ from kafka import KafkaProducer
 
 from contracts.derived import DerivedRecord
 from contracts.dlq import MAX_ORIGINAL_BYTES
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from sinks.timerange import DAY_MS, TOO_FAR_AHEAD, TOO_OLD
 from tests.conftest import REPO, free_port
 from tests.sinks import servers

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from contracts.derived import DerivedRecord
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from sinks.loop import LoopSettings, SinkLoop
 from sinks.sink import BatchingSink
 from sinks.timerange import (

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from contracts.topics import Topics
 from tests.conftest import REPO, free_port
 

@@ -14,7 +14,7 @@ from functools import lru_cache
 import jsonschema
 from kafka import KafkaConsumer, TopicPartition
 
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from tests.conftest import REPO
 
 KINDS = ("rates", "quantiles", "gauges", "health", "slo")

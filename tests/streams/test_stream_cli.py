@@ -11,7 +11,7 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 
 pytestmark = pytest.mark.integration
 

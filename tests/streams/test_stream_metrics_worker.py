@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 from tests.conftest import free_port, wait_until
 from tests.streams.harness import Worker, create_topics, produce, unique_prefix
 from tests.streams.simdata import scrape_records

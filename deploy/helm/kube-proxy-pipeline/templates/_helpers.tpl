@@ -25,7 +25,7 @@ app.kubernetes.io/instance: {{ (index . 0).Release.Name }}
 app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 
-{{/* The Kafka connection as the KAFKA_* environment every stage reads (contracts/kafka.py). */}}
+{{/* The Kafka connection as the KAFKA_* environment every stage reads (kafka_io/connection.py). */}}
 {{- define "kpp.kafkaEnv" -}}
 {{- $k := .Values.kafka -}}
 {{- if not (has $k.securityProtocol (list "PLAINTEXT" "SSL" "SASL_PLAINTEXT" "SASL_SSL")) }}

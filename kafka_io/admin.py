@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 from contracts.errors import ConfigError, KppError
-from contracts.kafka import KafkaConnection, KafkaUnavailableError
+from kafka_io.connection import KafkaConnection, KafkaUnavailableError
 
 log = logging.getLogger("kpp.topics")
 

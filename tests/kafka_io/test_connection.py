@@ -9,7 +9,7 @@ import faust
 import pytest
 
 from contracts.errors import ConfigError
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 
 PASSWORD = "s3cr3t-Pa55"
 

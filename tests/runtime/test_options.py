@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from contracts.errors import ConfigError
-from contracts.options import Option, add_to, byte_size, load_toml, positive_float, resolve
+from runtime.options import Option, add_to, byte_size, load_toml, positive_float, resolve
 
 OPTIONS = (
     Option("interval", "seconds", 15.0, "T_INTERVAL", kind=positive_float),

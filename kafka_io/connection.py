@@ -31,7 +31,7 @@ topic or a refused authorization, exit 4 for refused credentials or a failed TLS
 Only `kpp produce` does not stop: it spools while Kafka is away.
 
 This module imports no Kafka client at import time: the pure modules (windows, quantiles,
-parser, encoders) import `contracts` without loading one.
+parser, encoders) never load one.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.errors import ConfigError
-from contracts.selfmetrics import Counters, serve
+from runtime.selfmetrics import Counters, serve
 from tests.conftest import free_port
 
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from contracts.kafka import REDACTED, KafkaConnection, RedactSecrets, Secret, redact_secrets
+from kafka_io.connection import REDACTED, KafkaConnection, RedactSecrets, Secret, redact_secrets
 from tests.conftest import REPO
 
 

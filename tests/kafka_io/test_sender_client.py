@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from contracts.kafka import KafkaConnection, sender_client_class
+from kafka_io.connection import KafkaConnection, sender_client_class
 
 WATCH_S = 2.0
 

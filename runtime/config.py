@@ -1,4 +1,4 @@
-"""Settings shared by several stages besides the Kafka connection (see contracts.kafka)."""
+"""Settings shared by several stages besides the Kafka connection (see kafka_io.connection)."""
 
 from __future__ import annotations
 

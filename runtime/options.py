@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from contracts.errors import ConfigError
-from contracts.kafka import KafkaConnection
+from kafka_io.connection import KafkaConnection
 
 SOURCES_NOTE = """\
 Settings come from flags, then environment variables, then the TOML file given with

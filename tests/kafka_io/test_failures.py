@@ -19,7 +19,7 @@ from kafka.errors import (
 )
 
 from contracts.errors import ConfigError, KppError
-from contracts.kafka import (
+from kafka_io.connection import (
     DEFAULT_TIMEOUT_S,
     KafkaAuthenticationError,
     KafkaAuthorizationError,
