@@ -55,6 +55,7 @@ import orjson
 from contracts.errors import ConfigError, KppError
 from kafka_io.connection import KafkaConnection
 from kafka_io.admin import TopicSpec, ensure_topics
+from kafka_io.partitioner import partition_for
 from contracts.topics import Topics
 from streams.config import StreamSettings
 from streams.stages import ClusterStage, NodeStage
@@ -263,11 +264,8 @@ def trusted_clock_ms(kafka_ts_ms: int, to_ms: int | None, settings: StreamSettin
 
 
 def _partition_of(key: bytes | None, partitions: int) -> int:
-    from kafka.partitioner.default import murmur2
-
-    if key is None:
-        return 0
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    """Where the live worker's producer sends a keyed partial (the stages always key them)."""
+    return 0 if key is None else partition_for(key, partitions)
 
 
 def merge_by_time(streams: dict[int, Iterator[Message]]) -> Iterator[Message]:
