@@ -466,14 +466,14 @@ def import_files(connection: KafkaConnection, topic: str, paths: Iterable[str], 
     line: found while planning, nothing is published; found later, what was sent before it is
     delivered and counted in the message. Re-running the fixed import is safe: scrapes already
     processed are skipped downstream."""
-    from kafka import KafkaProducer
+    from kafka_io.publish import kafka_python_producer
 
     planned = plan(paths, max_line_bytes)
     stats = ImportStats()
     connection.check()  # unreachable or refused: one line within --kafka-timeout, nothing published
     ensure_topic(connection, topic, partitions)
-    producer = KafkaProducer(**connection.kafka_producer_kwargs(), linger_ms=20, batch_size=1 << 20,
-                             max_request_size=8 << 20, compression_type=compression, client_id="kpp-import")
+    producer = kafka_python_producer(connection, client_id="kpp-import", linger_ms=20, batch_size=1 << 20,
+                                     max_request_size=8 << 20, compression_type=compression)
     errors: list[BaseException] = []
     bad_input: ConfigError | None = None
     try:

@@ -233,14 +233,14 @@ class Publisher:
         return failures
 
     def _create_producer(self) -> Any:
-        from kafka import KafkaProducer
+        from kafka_io.publish import kafka_python_producer
 
         timeout_ms = (HANDSHAKE_BOOTSTRAP_TIMEOUT_MS if self.connection.uses_sasl or self.connection.uses_ssl
                       else BOOTSTRAP_TIMEOUT_MS)
         if self._stopping.is_set():
             timeout_ms = int(max(100, min(timeout_ms, self._time_left() * 1000)))
-        return KafkaProducer(
-            **self.connection.kafka_producer_kwargs(),  # the Sender's reconnect delay in ms
+        return kafka_python_producer(
+            self.connection,  # with the client whose Sender reads its reconnect delay in ms
             client_id=self.client_id,
             acks="all",
             enable_idempotence=True,

@@ -395,10 +395,10 @@ class KafkaSink:
     with the window end like the live worker's records."""
 
     def __init__(self, connection: KafkaConnection) -> None:
-        from kafka import KafkaProducer
+        from kafka_io.publish import kafka_python_producer
 
-        self.producer = KafkaProducer(**connection.kafka_producer_kwargs(), linger_ms=20, batch_size=1 << 20,
-                                      max_request_size=8 << 20, client_id="kpp-replay")
+        self.producer = kafka_python_producer(connection, client_id="kpp-replay", linger_ms=20, batch_size=1 << 20,
+                                              max_request_size=8 << 20)
         self.errors: list[BaseException] = []
 
     def __call__(self, topic: str, key: bytes | None, value: bytes, ts_ms: int | None) -> None:
