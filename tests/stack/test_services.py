@@ -10,9 +10,9 @@ import uuid
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import NewTopic
+from kafka import KafkaProducer
 
+from kafka_io.admin import TopicSpec, ensure_topics
 from kafka_io.connection import KafkaConnection
 
 pytestmark = pytest.mark.integration
@@ -21,11 +21,7 @@ PARTITIONS = 6
 
 
 def _create_topic(kafka: KafkaConnection, name: str, partitions: int) -> None:
-    admin = KafkaAdminClient(**kafka.kafka_python_kwargs())
-    try:
-        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-    finally:
-        admin.close()
+    ensure_topics(kafka, [TopicSpec(name, partitions)])
 
 
 def test_kafka_python_to_aiokafka_group_same_partitions(kafka: KafkaConnection, topic_name: str) -> None:
