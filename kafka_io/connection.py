@@ -628,3 +628,23 @@ def _strip_prefix(text: str) -> str:
     SaslAuthenticationFailedError: Authentication failed ..." -> "Authentication failed ..."."""
     head, sep, tail = text.rpartition("Error: ")
     return tail if sep and tail else text
+
+
+def broker_answers_metadata(bootstrap: str, timeout: float, connection: "KafkaConnection | None" = None) -> bool:
+    """True when a broker returns cluster metadata (what every client needs first); with
+    `connection`, through its security settings (TLS, SASL)."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    kwargs = connection.kafka_python_kwargs() if connection is not None else {}
+    kwargs["bootstrap_servers"] = bootstrap.split(",")
+    try:
+        admin = KafkaAdminClient(**kwargs, request_timeout_ms=int(timeout * 1000), client_id="kpp-stack-health")
+    except (KafkaError, OSError, ValueError):
+        return False
+    try:
+        return bool(admin.describe_cluster().get("brokers"))
+    except (KafkaError, OSError):
+        return False
+    finally:
+        admin.close()

@@ -31,7 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
-from kafka_io.connection import KafkaConnection
+from kafka_io.connection import KafkaConnection, broker_answers_metadata
 from stack.process import ManagedProcess, StackError, port_in_use, port_open
 from stack.settings import StackSettings
 from stack.tls import TlsError, make_ca, make_certificate, pem_keystore
@@ -334,26 +334,6 @@ class KafkaService:
         if pid is None:
             return ("kafka", "stopped", self.where())
         return ("kafka", f"running pid {pid}, " + ("healthy" if self.healthy() else "not healthy"), self.where())
-
-
-def broker_answers_metadata(bootstrap: str, timeout: float, connection: KafkaConnection | None = None) -> bool:
-    """True when a broker returns cluster metadata (what every client needs first); with
-    `connection`, through its security settings (TLS, SASL)."""
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    kwargs = connection.kafka_python_kwargs() if connection is not None else {}
-    kwargs["bootstrap_servers"] = bootstrap.split(",")
-    try:
-        admin = KafkaAdminClient(**kwargs, request_timeout_ms=int(timeout * 1000), client_id="kpp-stack-health")
-    except (KafkaError, OSError, ValueError):
-        return False
-    try:
-        return bool(admin.describe_cluster().get("brokers"))
-    except (KafkaError, OSError):
-        return False
-    finally:
-        admin.close()
 
 
 def _kafka_uuid() -> str:
