@@ -13,6 +13,7 @@ from contracts.codec import DecodeError, dumps
 from contracts.derived import KINDS, DerivedRecord
 from contracts.errors import ConfigError
 from kafka_io.connection import KafkaConnection
+from kafka_io.reader import BEGINNING, END, FOLLOW, At, Start, SyncRangeReader
 from runtime.terminal import excerpt, printable
 from contracts.topics import DEFAULT_PREFIX, Topics
 
@@ -155,38 +156,27 @@ class TableWriter:
         self.out.flush()
 
 
-def run(args: argparse.Namespace) -> int:
-    from kafka import KafkaConsumer, TopicPartition
+def start_of(args: argparse.Namespace) -> Start:
+    """Where --from-beginning / --since / neither start reading."""
+    if args.from_beginning:
+        return BEGINNING
+    if args.since:
+        return At(parse_since(args.since))
+    return END
 
+
+def run(args: argparse.Namespace) -> int:
     connection = KafkaConnection.from_sources(args)
     topics = Topics(args.topic_prefix) if args.topic_prefix else Topics.from_env()
     topic = resolve_topic(args.topic, topics)
     fmt = args.format or ("table" if sys.stdout.isatty() else "json")
+    start = start_of(args)  # a bad --since is refused before Kafka is asked anything
     connection.check(topics=[topic])  # unreachable, refused, missing topic: one line within --kafka-timeout
-    consumer = KafkaConsumer(**connection.kafka_python_kwargs(), group_id=None, enable_auto_commit=False)
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise connection.topic_missing(topic)
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        if args.from_beginning:
-            consumer.seek_to_beginning(*assigned)
-        elif args.since:
-            since_ms = parse_since(args.since)
-            offsets = consumer.offsets_for_times({tp: since_ms for tp in assigned})
-            ends = consumer.end_offsets(assigned)
-            for tp in assigned:
-                found = offsets.get(tp)
-                consumer.seek(tp, found.offset if found is not None else ends[tp])
-        else:
-            consumer.seek_to_end(*assigned)
-        return follow(consumer, args, fmt)
-    finally:
-        consumer.close()
+    with SyncRangeReader(connection, topic, start=start, stop=FOLLOW, client_id="kpp-tail") as reader:
+        return follow(reader, args, fmt)
 
 
-def follow(consumer, args: argparse.Namespace, fmt: str) -> int:  # noqa: ANN001 (kafka-python has no types)
+def follow(reader: SyncRangeReader, args: argparse.Namespace, fmt: str) -> int:
     """Print records until --max-records or --idle-exit. A record that does not decode or
     cannot be shown is skipped with one stderr line naming where it is, counted, and the counts
     end the run: a record's content never ends the command."""
@@ -195,36 +185,34 @@ def follow(consumer, args: argparse.Namespace, fmt: str) -> int:  # noqa: ANN001
     last_record = time.monotonic()
     try:
         while True:
-            batch = consumer.poll(timeout_ms=500)
-            for records in batch.values():
-                for message in records:
-                    last_record = time.monotonic()
-                    where = f"{message.topic}/{message.partition}@{message.offset}"
-                    try:
-                        record = DerivedRecord.decode(message.value)
-                    except DecodeError as exc:
-                        bad += 1
-                        print(f"kpp tail: skipping undecodable record at {where}: {excerpt(str(exc), 200)}",
-                              file=sys.stderr)
-                        continue
-                    if args.node and record.node != args.node:
-                        continue
-                    if args.metric and not (isinstance(record.metric, str) and args.metric in record.metric):
-                        continue
-                    try:
-                        if table is not None:
-                            table.write(record)
-                        else:
-                            line = json_line(record)
-                            sys.stdout.buffer.write(line)
-                            sys.stdout.flush()
-                    except Unshowable as exc:
-                        unshowable += 1
-                        print(f"kpp tail: skipping record at {where} that cannot be shown: {exc}", file=sys.stderr)
-                        continue
-                    shown += 1
-                    if args.max_records and shown >= args.max_records:
-                        return 0
+            for message in reader.read(0.5):
+                last_record = time.monotonic()
+                where = f"{message.topic}/{message.partition}@{message.offset}"
+                try:
+                    record = DerivedRecord.decode(message.value)
+                except DecodeError as exc:
+                    bad += 1
+                    print(f"kpp tail: skipping undecodable record at {where}: {excerpt(str(exc), 200)}",
+                          file=sys.stderr)
+                    continue
+                if args.node and record.node != args.node:
+                    continue
+                if args.metric and not (isinstance(record.metric, str) and args.metric in record.metric):
+                    continue
+                try:
+                    if table is not None:
+                        table.write(record)
+                    else:
+                        line = json_line(record)
+                        sys.stdout.buffer.write(line)
+                        sys.stdout.flush()
+                except Unshowable as exc:
+                    unshowable += 1
+                    print(f"kpp tail: skipping record at {where} that cannot be shown: {exc}", file=sys.stderr)
+                    continue
+                shown += 1
+                if args.max_records and shown >= args.max_records:
+                    return 0
             if args.idle_exit and time.monotonic() - last_record >= args.idle_exit:
                 return 0
     except BrokenPipeError:

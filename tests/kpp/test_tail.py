@@ -192,3 +192,15 @@ def test_json_lines_of_hostile_records_stay_valid_json(kafka: KafkaConnection, h
     assert [r["node"] for r in shown] == ["evil\x1b[2J\x1b]0;owned\x07", "far-future", "node-000"]
     assert shown[1]["window"]["end_ms"] == YEAR_287168_MS
     assert "2 record(s) that cannot be shown skipped" in result.stderr
+
+
+def test_where_reading_starts() -> None:
+    from kafka_io.reader import BEGINNING, END, At
+    from kpp.tail import start_of
+
+    def args(**given):  # noqa: ANN001, ANN202
+        return type("Args", (), {"from_beginning": False, "since": None, **given})()
+
+    assert start_of(args()) == END  # only what comes next
+    assert start_of(args(from_beginning=True)) == BEGINNING
+    assert start_of(args(since="2026-01-02T03:04:05Z")) == At(1767323045000)
