@@ -276,57 +276,35 @@ class Archiver:
 
     def run(self, stop: threading.Event | None = None, *, until_now: bool = False,
             on_progress: Callable[[ArchiveStats], None] | None = None) -> ArchiveStats:
-        from kafka import KafkaConsumer, TopicPartition
-        from kafka.structs import OffsetAndMetadata
+        from kafka_io.reader import COMMITTED, END, FOLLOW, SyncRangeReader
 
         stop = stop or threading.Event()
-        consumer = KafkaConsumer(**self.connection.kafka_python_kwargs(), group_id=self.group_id,
-                                 enable_auto_commit=False, auto_offset_reset="earliest",
-                                 max_poll_records=5000, client_id="kpp-archive")
-        try:
-            parts = consumer.partitions_for_topic(self.topic)
-            if not parts:
-                raise self.connection.topic_missing(self.topic)
-            tps = {p: TopicPartition(self.topic, p) for p in sorted(parts)}
-            consumer.assign(list(tps.values()))
-            for p, tp in tps.items():
-                committed = consumer.committed(tp)
-                if committed is not None:
-                    consumer.seek(tp, committed)
-                else:
-                    consumer.seek_to_beginning(tp)
-            ends = consumer.end_offsets(list(tps.values())) if until_now else None
+        topic = self.topic
+        # resumes from the group's commits (from the beginning without any); --until-now stops
+        # at the end offsets of the start
+        with SyncRangeReader(self.connection, topic, start=COMMITTED, stop=END if until_now else FOLLOW,
+                             group_id=self.group_id, client_id="kpp-archive") as reader:
+            partitions = sorted(p for _t, p in reader.ranges)
             committed_at: dict[int, int] = {}
             last_check = time.monotonic()
             while not stop.is_set():
-                for tp, batch in consumer.poll(timeout_ms=500).items():
-                    for m in batch:
-                        if ends is not None and m.offset >= ends[tp]:
-                            break
-                        self.add(tp.partition, m.offset, m.timestamp, m.key, m.value)
-                positions = {p: consumer.position(tp) for p, tp in tps.items()}
-                finished = ends is not None and all(positions[p] >= ends[tp] for p, tp in tps.items())
+                for m in reader.read(0.5):
+                    self.add(m.partition, m.offset, m.timestamp_ms, m.key, m.value)
+                finished = reader.done
                 if finished or time.monotonic() - last_check >= 1.0:
                     last_check = time.monotonic()
                     self.close(self.due(everything=finished))
-                    offsets = self.commit_offsets({p: min(positions[p], ends[tps[p]]) if ends else positions[p]
-                                                   for p in tps})
-                    changed = {tps[p]: OffsetAndMetadata(o, "", -1) for p, o in offsets.items()
-                               if committed_at.get(p) != o}
+                    offsets = self.commit_offsets({p: reader.position(topic, p) for p in partitions})
+                    changed = {p: o for p, o in offsets.items() if committed_at.get(p) != o}
                     if changed:
-                        consumer.commit(changed)
-                        committed_at.update({tp.partition: om.offset for tp, om in changed.items()})
+                        reader.commit({(topic, p): o for p, o in changed.items()})
+                        committed_at.update(changed)
                     if on_progress:
                         on_progress(self.stats)
                 if finished:
                     break
             # stopping (SIGTERM) or finished: what is open is closed and committed too
-            positions = {p: consumer.position(tp) for p, tp in tps.items()}
-            if ends is not None:
-                positions = {p: min(pos, ends[tps[p]]) for p, pos in positions.items()}
+            positions = {p: reader.position(topic, p) for p in partitions}  # never past the range's end
             self.close(list(self.open))
-            offsets = self.commit_offsets(positions)
-            consumer.commit({tps[p]: OffsetAndMetadata(o, "", -1) for p, o in offsets.items()})
-        finally:
-            consumer.close()
+            reader.commit({(topic, p): o for p, o in self.commit_offsets(positions).items()})
         return self.stats
