@@ -48,11 +48,11 @@ import logging
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, NamedTuple
 
 import orjson
 
-from contracts.errors import ConfigError, KppError
+from contracts.errors import KppError
 from kafka_io.connection import KafkaConnection
 from kafka_io.admin import TopicSpec, ensure_topics
 from kafka_io.partitioner import partition_for
@@ -235,14 +235,17 @@ class Replayer:
         self.stats.finished = time.monotonic()
         return self.stats
 
-    async def run(self, messages: Iterable[Message], *, speed: float | None = None,
+    async def run(self, messages: Iterable[Message] | AsyncIterable[Message], *, speed: float | None = None,
                   on_progress: Callable[[ReplayStats], None] | None = None,
                   empty_partitions: Iterable[int] = ()) -> ReplayStats:
-        """Feed all messages then finish. `speed`: pace to X times real time by message
-        timestamps (None: as fast as possible). `on_progress` is called after every message."""
+        """Feed all messages (an iterable or an async one) then finish. `speed`: pace to X
+        times real time by message timestamps (None: as fast as possible). `on_progress` is
+        called after every message."""
         await self.start(empty_partitions)
         wall0 = ts0 = None
-        for msg in messages:
+
+        async def step(msg: Message) -> None:
+            nonlocal wall0, ts0
             if speed:
                 if wall0 is None:
                     wall0, ts0 = time.monotonic(), msg.timestamp_ms
@@ -252,6 +255,13 @@ class Replayer:
             await self.feed(msg)
             if on_progress is not None:
                 on_progress(self.stats)
+
+        if isinstance(messages, AsyncIterable):
+            async for msg in messages:
+                await step(msg)
+        else:
+            for msg in messages:
+                await step(msg)
         return await self.finish()
 
 
@@ -290,104 +300,61 @@ def merge_by_time(streams: dict[int, Iterator[Message]]) -> Iterator[Message]:
 
 class KafkaSource:
     """The messages of `topic` from the first one stamped >= start_ms to the last one before
-    the first stamped >= stop_ms (per partition, found with offsets_for_times), as one
-    deterministic stream (`merge_by_time`). Never waits for new messages: the end is fixed
-    when the source is opened."""
-
-    BUFFER = 5000  # messages buffered per partition before it is paused
+    the first stamped >= stop_ms (per partition, as kafka_io.reader plans it), as one
+    deterministic stream (the order of `merge_by_time`). Never waits for new messages: the end
+    is fixed when the source is opened (`await source.open()`)."""
 
     def __init__(self, connection: KafkaConnection, topic: str, start_ms: int, stop_ms: int,
                  stall_timeout_s: float = 60.0) -> None:
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka_io.reader import At, RangeReader
 
         self.topic = topic
         self.stall_timeout_s = stall_timeout_s
-        self.consumer = KafkaConsumer(**connection.kafka_python_kwargs(), group_id=None,
-                                      enable_auto_commit=False, auto_offset_reset="earliest",
-                                      max_poll_records=5000, client_id="kpp-replay")
-        try:
-            parts = self.consumer.partitions_for_topic(topic)
-            if not parts:
-                raise ConfigError(f"topic {topic!r} does not exist on {connection.describe()}")
-            self.partitions = len(parts)
-            self.tps = {p: TopicPartition(topic, p) for p in sorted(parts)}
-            tps = list(self.tps.values())
-            ends = self.consumer.end_offsets(tps)
-            begins = self.consumer.beginning_offsets(tps)
-            starts = self.consumer.offsets_for_times({tp: max(0, start_ms) for tp in tps})
-            stops = self.consumer.offsets_for_times({tp: max(0, stop_ms) for tp in tps})
-        except BaseException:
-            self.consumer.close()
-            raise
-        self.start = {p: (starts[tp].offset if starts.get(tp) is not None else ends[tp]) for p, tp in self.tps.items()}
-        self.start = {p: max(o, begins[self.tps[p]]) for p, o in self.start.items()}
-        self.stop = {p: (stops[tp].offset if stops.get(tp) is not None else ends[tp]) for p, tp in self.tps.items()}
-        self.total = sum(max(0, self.stop[p] - self.start[p]) for p in self.tps)
+        self.reader = RangeReader(connection, topic, start=At(start_ms), stop=At(stop_ms), client_id="kpp-replay")
+        self.partitions = 0
+        self.start: dict[int, int] = {}
+        self.stop: dict[int, int] = {}
+        self.total = 0
+
+    async def open(self) -> None:
+        ranges = await self.reader.open()
+        self.partitions = self.reader.partition_counts[self.topic]
+        self.start = {p: r.start for (_t, p), r in sorted(ranges.items())}
+        self.stop = {p: r.stop for (_t, p), r in sorted(ranges.items())}
+        self.total = sum(max(0, self.stop[p] - self.start[p]) for p in self.start)
 
     @property
     def empty_partitions(self) -> list[int]:
-        return [p for p in self.tps if self.stop[p] <= self.start[p]]
+        return [p for p in self.start if self.stop[p] <= self.start[p]]
 
-    def __iter__(self) -> Iterator[Message]:
-        active = [p for p in self.tps if self.stop[p] > self.start[p]]
-        if not active:
-            return iter(())
-        self.consumer.assign([self.tps[p] for p in active])
-        for p in active:
-            self.consumer.seek(self.tps[p], self.start[p])
-        self._buffers: dict[int, deque] = {p: deque() for p in active}
-        self._done: set[int] = set()
-        return merge_by_time({p: self._partition(p) for p in active})
+    async def messages(self) -> AsyncIterator[Message]:
+        """Every message of the range, interleaved by (timestamp, partition), each partition in
+        offset order: the next message is chosen once every unfinished partition has one
+        buffered."""
+        buffers: dict[int, deque] = {p: deque() for p in self.start if p not in self.empty_partitions}
+        while buffers:
+            finished = {p for _t, p in self.reader.finished_partitions()}
+            waiting = [p for p, buf in buffers.items() if not buf and p not in finished]
+            deadline = time.monotonic() + self.stall_timeout_s
+            while waiting:
+                records = await self.reader.read(0.5, only=[(self.topic, p) for p in waiting])
+                for r in records:  # a reader Record has Message's fields
+                    buffers[r.partition].append(r)
+                if records:
+                    deadline = time.monotonic() + self.stall_timeout_s
+                elif time.monotonic() > deadline:
+                    raise KppError(f"replay: no message from {self.topic} for {self.stall_timeout_s:.0f} s "
+                                   "although the range is not finished (broker unreachable?)")
+                finished = {p for _t, p in self.reader.finished_partitions()}
+                waiting = [p for p, buf in buffers.items() if not buf and p not in finished]
+            for p in [p for p, buf in buffers.items() if not buf]:  # finished and drained
+                del buffers[p]
+            if buffers:
+                p = min(buffers, key=lambda q: (buffers[q][0].timestamp_ms, q))
+                yield buffers[p].popleft()
 
-    def _partition(self, p: int) -> Iterator[Message]:
-        buf = self._buffers[p]
-        while True:
-            while not buf:
-                if p in self._done:
-                    return
-                self._fetch(p)
-            yield buf.popleft()
-
-    def _fetch(self, wanted: int) -> None:
-        """Poll until partition `wanted` has buffered messages or is finished."""
-        tp_of = self.tps
-        deadline = time.monotonic() + self.stall_timeout_s
-        consumer = self.consumer
-        while not self._buffers[wanted] and wanted not in self._done:
-            for p, buf in self._buffers.items():  # pause the full ones, resume the empty ones
-                if p in self._done:
-                    continue
-                if len(buf) >= self.BUFFER:
-                    consumer.pause(tp_of[p])
-                elif tp_of[p] in consumer.paused() and len(buf) < self.BUFFER // 2:
-                    consumer.resume(tp_of[p])
-            got = False
-            for tp, batch in consumer.poll(timeout_ms=500).items():
-                p = tp.partition
-                if p in self._done:
-                    continue
-                buf = self._buffers[p]
-                for m in batch:
-                    if m.offset >= self.stop[p]:
-                        self._finish(p)
-                        break
-                    buf.append(Message(p, m.offset, m.timestamp, m.key, m.value))
-                    got = True
-            for p in list(self._buffers):
-                if p not in self._done and consumer.position(tp_of[p]) >= self.stop[p]:
-                    self._finish(p)
-            if got:
-                deadline = time.monotonic() + self.stall_timeout_s
-            elif time.monotonic() > deadline:
-                raise KppError(f"replay: no message from {self.topic} for {self.stall_timeout_s:.0f} s "
-                               "although the range is not finished (broker unreachable?)")
-
-    def _finish(self, p: int) -> None:
-        self._done.add(p)
-        self.consumer.pause(self.tps[p])
-
-    def close(self) -> None:
-        self.consumer.close()
+    async def close(self) -> None:
+        await self.reader.close()
 
 
 class KafkaSink:
@@ -434,10 +401,18 @@ def replay_kafka(connection: KafkaConnection, settings: StreamSettings, *, from_
     """Replay `<prefix>.samples` for windows inside [from_ms, to_ms] into the live derived
     topics (namespace None) or into `<namespace>.<prefix>.*`. `side` (late/DLQ records) defaults
     to on in a namespace and off for the live topics (the live worker wrote them already)."""
+    return asyncio.run(_replay_kafka(connection, settings, from_ms=from_ms, to_ms=to_ms, warmup_ms=warmup_ms,
+                                     namespace=namespace, speed=speed, progress=progress, side=side))
+
+
+async def _replay_kafka(connection: KafkaConnection, settings: StreamSettings, *, from_ms: int, to_ms: int,
+                        warmup_ms: int, namespace: str | None, speed: float | None,
+                        progress: Callable[[ReplayStats, int], None] | None, side: bool | None) -> ReplayStats:
     import dataclasses
 
     topics = settings.topics
     source = KafkaSource(connection, topics.samples, from_ms - warmup_ms, to_ms + settings.lateness_ms)
+    await source.open()
     try:
         if source.partitions != settings.partitions:
             log.info("%s has %d partition(s): replaying with that count", topics.samples, source.partitions)
@@ -454,12 +429,11 @@ def replay_kafka(connection: KafkaConnection, settings: StreamSettings, *, from_
         total = source.total
         callback = (lambda stats: progress(stats, total)) if progress else None
         try:
-            stats = asyncio.run(replayer.run(source, speed=speed, on_progress=callback,
-                                             empty_partitions=source.empty_partitions))
+            stats = await replayer.run(source.messages(), speed=speed, on_progress=callback,
+                                       empty_partitions=source.empty_partitions)
         finally:
             sink.close()
         stats.finished = time.monotonic()
         return stats
     finally:
-        source.close()
-
+        await source.close()
