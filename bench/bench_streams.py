@@ -32,7 +32,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,11 +39,11 @@ sys.path.insert(0, str(REPO))
 
 import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer  # noqa: E402
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
-from kafka.admin import NewTopic  # noqa: E402
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
 from bench.machine import describe, emit  # noqa: E402
 from contracts.derived import DerivedRecord  # noqa: E402
+from kafka_io.admin import GroupLagReader, TopicSpec, ensure_topics  # noqa: E402
 from kafka_io.connection import KafkaConnection  # noqa: E402
 from contracts.records import ScrapeRecord  # noqa: E402
 from streams.config import StreamSettings  # noqa: E402
@@ -94,16 +93,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def group_lag(reader: KafkaConsumer, group_offsets: Callable[[], dict], topics: list[str]) -> tuple[int, int]:
-    """(committed offsets on topics[0], total lag over every partition of `topics`)."""
-    committed = group_offsets()
-    found = {t: reader.partitions_for_topic(t) for t in topics}
-    parts = [TopicPartition(t, p) for t, partitions in found.items() for p in (partitions or ())]
-    ends = reader.end_offsets(parts)
-    done = sum(committed.get(tp, 0) for tp in parts if tp.topic == topics[0])
-    lag = sum(max(0, ends[tp] - committed.get(tp, 0)) for tp in parts)
-    missing = sum(1 for partitions in found.values() if not partitions)
-    return done, lag + missing  # a topic not (yet) known to the reader is not done
+def progress(reader: GroupLagReader, topics: list[str], total: int) -> tuple[int, int]:
+    """(records of topics[0] committed, total lag over every partition of `topics`), the
+    `total` records of topics[0] being all it holds."""
+    try:
+        lag = reader.read()
+    except Exception:  # noqa: BLE001 - the group is not known to the coordinator yet
+        return 0, total
+    known = {topic for topic, _ in lag}
+    done = total - sum(n for (topic, _), n in lag.items() if topic == topics[0]) if topics[0] in known else 0
+    missing = sum(1 for topic in topics if topic not in known)
+    return done, sum(lag.values()) + missing  # a topic not (yet) known to the reader is not done
 
 
 def run_worker(conn: KafkaConnection, argv: list[str], log_path: str, group: str, topics: list[str],
@@ -112,21 +112,12 @@ def run_worker(conn: KafkaConnection, argv: list[str], log_path: str, group: str
     0 on every topic of `topics`; returns scrapes/s and CPU ms per scrape from its first commit."""
     log = open(log_path, "wb")
     proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    admin = KafkaAdminClient(**conn.kafka_python_kwargs())
-    reader = KafkaConsumer(**conn.kafka_python_kwargs(), enable_auto_commit=False)
-
-    def offsets() -> dict:
-        try:
-            found = admin.list_group_offsets({group: None}).get(group, {})
-        except Exception:  # noqa: BLE001 - the group does not exist yet
-            return {}
-        return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}
-
+    reader = GroupLagReader(conn, group, topics, client_id="kpp-bench-lag")
     try:
         first = None
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
-            done, lag = group_lag(reader, offsets, topics)
+            done, lag = progress(reader, topics, total)
             now, cpu = time.perf_counter(), cpu_seconds(proc.pid)
             if os.environ.get("BENCH_DEBUG"):
                 print(f"{group}: committed {done} of {total}, lag {lag}", file=sys.stderr)
@@ -152,7 +143,6 @@ def run_worker(conn: KafkaConnection, argv: list[str], log_path: str, group: str
             proc.kill()
             proc.wait()
         reader.close()
-        admin.close()
         log.close()
 
 
@@ -260,10 +250,8 @@ def main() -> None:
     values = [(r.key, r.encode(), r.scrape_ts_ms) for r in records]
     total = len(values)
     samples = sum(len(r.samples) for r in records) / total
-    admin = KafkaAdminClient(**conn.kafka_python_kwargs())
     # simulated scrapes are stamped in 2023: unlimited retention, or Kafka may delete them mid-run
-    admin.create_topics([NewTopic(samples_topic, args.partitions, 1, topic_configs={"retention.ms": "-1"})])
-    admin.close()
+    ensure_topics(conn, [TopicSpec(samples_topic, args.partitions, {"retention.ms": "-1"})])
     produce(conn, samples_topic, values)
     work = tempfile.mkdtemp(prefix="kpp-bench-")
     try:

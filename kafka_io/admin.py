@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from contracts.errors import ConfigError, KppError
 from kafka_io.connection import KafkaConnection, KafkaUnavailableError
@@ -150,3 +150,80 @@ def _partition_counts(admin, names: Sequence[str]) -> dict[str, int]:  # noqa: A
         if name and partitions:
             counts[name] = len(partitions)
     return counts
+
+
+# -- consumer group lag ------------------------------------------------------------------
+
+
+def lag_from_offsets(committed: Mapping[Any, int | None], beginning: Mapping[Any, int],
+                     end: Mapping[Any, int]) -> dict[Any, int]:
+    """Records behind per partition: end offset - committed offset (the beginning offset where
+    the group has committed nothing yet: it starts from the earliest record)."""
+    lag = {}
+    for tp, end_offset in end.items():
+        done = committed.get(tp)
+        if done is None or done < 0:
+            done = beginning.get(tp, 0)
+        lag[tp] = max(0, end_offset - done)
+    return lag
+
+
+class GroupLagReader:
+    """Reads a consumer group's lag on some topics, again and again, with clients of its own
+    (an admin client for the committed offsets, a group-less consumer for the end offsets),
+    so a caller that polls (self-metrics, benches, tests) does not bootstrap twice per read.
+    Raises KafkaUnavailableError when Kafka cannot be reached at construction; a read while
+    the broker is away raises the client's error (close and build a new reader)."""
+
+    def __init__(self, connection: KafkaConnection, group_id: str, topics: Sequence[str], *,
+                 client_id: str = "kpp-group-lag") -> None:
+        from kafka import KafkaConsumer
+        from kafka.admin import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        self.group_id = group_id
+        self.topics = list(topics)
+        kwargs = connection.kafka_python_kwargs()
+        self._admin = self._consumer = None
+        try:
+            self._admin = KafkaAdminClient(**kwargs, client_id=client_id)
+            self._consumer = KafkaConsumer(**kwargs, group_id=None, enable_auto_commit=False, client_id=client_id)
+        except (KafkaError, OSError) as exc:
+            self.close()
+            raise KafkaUnavailableError(f"Kafka at {connection.describe()}: {connection.explain(exc)}") from None
+
+    def read(self) -> dict[tuple[str, int], int]:
+        """{(topic, partition): records not committed}, for every partition of the topics the
+        broker knows (a topic it does not know has no entry)."""
+        from kafka import TopicPartition
+
+        consumer = self._consumer
+        tps = [TopicPartition(t, p) for t in self.topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        offsets = self._admin.list_group_offsets({self.group_id: None}).get(self.group_id, {})
+        committed = {tp: meta.offset for tp, meta in offsets.items()}
+        end = consumer.end_offsets(tps) if tps else {}
+        uncommitted = [tp for tp in tps if committed.get(tp) is None or committed[tp] < 0]
+        beginning = consumer.beginning_offsets(uncommitted) if uncommitted else {}
+        return {(tp.topic, tp.partition): n for tp, n in lag_from_offsets(committed, beginning, end).items()}
+
+    def close(self) -> None:
+        for client in (self._admin, self._consumer):
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:  # noqa: BLE001 - closing after a failure: nothing left to do
+                    pass
+        self._admin = self._consumer = None
+
+    def __enter__(self) -> "GroupLagReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def group_lag(connection: KafkaConnection, group_id: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+    """{(topic, partition): records of `topics` the consumer group `group_id` has not
+    committed}, once (GroupLagReader for repeated reads)."""
+    with GroupLagReader(connection, group_id, topics) as reader:
+        return reader.read()

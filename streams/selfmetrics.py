@@ -90,18 +90,6 @@ def open_cluster_windows(index: dict | None) -> int:
     return sum(len(starts) for per_size in index.get("open", {}).values() for starts in per_size.values())
 
 
-def group_lag(committed: dict[Any, int | None], beginning: dict[Any, int], end: dict[Any, int]) -> dict[Any, int]:
-    """Records behind per partition: end offset - committed offset (the beginning offset where
-    the group has committed nothing yet: it starts from the earliest record)."""
-    lag = {}
-    for tp, end_offset in end.items():
-        done = committed.get(tp)
-        if done is None or done < 0:
-            done = beginning.get(tp, 0)
-        lag[tp] = max(0, end_offset - done)
-    return lag
-
-
 def stream_health(now: float, last_beat: float | None, stall_after_s: float = STALL_AFTER_S) -> tuple[bool, str]:
     """Liveness: the event loop ran a heartbeat within `stall_after_s` (idle and polling,
     or riding out a broker outage, is alive); before the first one the worker is starting."""
@@ -234,8 +222,9 @@ class _StreamGauges(Collector):
 
 class LagReader:
     """Refreshes `metrics.lag` from the group's committed offsets every LAG_REFRESH_S (a
-    daemon thread with kafka-python clients of its own). While Kafka cannot answer, the lag
-    series are dropped (unknown, not zero) and that is logged once per outage."""
+    daemon thread reading through kafka_io.admin.GroupLagReader, with clients of its own).
+    While Kafka cannot answer, the lag series are dropped (unknown, not zero) and that is
+    logged once per outage."""
 
     def __init__(self, metrics: StreamMetrics, connection: Any, group_id: str, topics: list[str],
                  every_s: float = LAG_REFRESH_S) -> None:
@@ -252,18 +241,14 @@ class LagReader:
         return self
 
     def _run(self) -> None:
-        admin = consumer = None
+        from kafka_io.admin import GroupLagReader
+
+        reader = None
         while not self.stopped.is_set():
             try:
-                if admin is None:
-                    from kafka import KafkaConsumer
-                    from kafka.admin import KafkaAdminClient
-
-                    kwargs = self.connection.kafka_python_kwargs()
-                    admin = KafkaAdminClient(**kwargs, client_id="kpp-stream-lag")
-                    consumer = KafkaConsumer(**kwargs, group_id=None, enable_auto_commit=False,
-                                             client_id="kpp-stream-lag")
-                self.metrics.lag = self.read(admin, consumer)
+                if reader is None:
+                    reader = GroupLagReader(self.connection, self.group_id, self.topics, client_id="kpp-stream-lag")
+                self.metrics.lag = reader.read()
                 if self.failures >= 2:
                     log.info("consumer lag readable again")
                 self.failures = 0
@@ -275,21 +260,7 @@ class LagReader:
                 if self.failures == 2:
                     log.warning("cannot read the stream group's consumer lag (series dropped until Kafka "
                                 "answers): %s", exc)
-                for client in (admin, consumer):
-                    if client is not None:
-                        try:
-                            client.close()
-                        except Exception:  # noqa: BLE001
-                            pass
-                admin = consumer = None
+                if reader is not None:
+                    reader.close()
+                reader = None
             self.stopped.wait(self.every_s)
-
-    def read(self, admin: Any, consumer: Any) -> dict[tuple[str, int], int]:
-        from kafka import TopicPartition
-
-        tps = [TopicPartition(t, p) for t in self.topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        offsets = admin.list_group_offsets({self.group_id: None}).get(self.group_id, {})
-        committed = {tp: meta.offset for tp, meta in offsets.items()}
-        end = consumer.end_offsets(tps)
-        beginning = consumer.beginning_offsets([tp for tp in tps if committed.get(tp) is None])
-        return {(tp.topic, tp.partition): n for tp, n in group_lag(committed, beginning, end).items()}

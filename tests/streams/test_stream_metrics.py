@@ -1,5 +1,5 @@
 """The stream worker's own metrics, in-process: what the stages report (windows closed by size
-and scope, late and dead-lettered records by reason), the state gauges, lag arithmetic, and
+and scope, late and dead-lettered records by reason), the state gauges, and
 what /healthz and /readyz say."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams import partition
 from streams.config import StreamSettings
-from streams.selfmetrics import (StreamMetrics, group_lag, open_cluster_windows, open_node_windows, stream_health,
+from streams.selfmetrics import (StreamMetrics, open_cluster_windows, open_node_windows, stream_health,
                                  stream_ready)
 from streams.stages import ClusterStage, NodeStage
 from tests.streams.simdata import scrape_records
@@ -117,11 +117,6 @@ def test_open_window_arithmetic() -> None:
     assert open_node_windows(pstate, sizes) == 4 + 1
     index = {"open": {"a": {"60000": {"0": 1, "60000": 2}}, "b": {"300000": {"0": 1}}}}
     assert open_cluster_windows(index) == 3 and open_cluster_windows(None) == 0
-
-
-def test_group_lag_counts_from_the_beginning_where_nothing_is_committed() -> None:
-    lag = group_lag(committed={"a": 10, "b": None}, beginning={"b": 5}, end={"a": 12, "b": 9, "c": 3})
-    assert lag == {"a": 2, "b": 4, "c": 3}
 
 
 def test_health_tolerates_an_idle_worker_and_fails_a_stalled_loop() -> None:
