@@ -43,7 +43,7 @@ from contracts.dlq import dlq_key
 from contracts.late import late_partial, late_scrape
 from streams import aggregate, cluster, node_state, partition, statecodec
 from streams.config import StreamSettings
-from streams.decode import fast_decode
+from contracts.records_fast import fast_decode
 from streams.selfmetrics import NO_METRICS
 
 log = logging.getLogger("kpp.stream")

@@ -12,7 +12,7 @@ from contracts.codec import DecodeError, loads
 from contracts.derived import DerivedRecord
 from contracts.records import ScrapeRecord
 from streams.config import StreamSettings
-from streams.decode import fast_decode
+from contracts.records_fast import fast_decode
 from tests.streams.reference import run_reference
 from tests.streams.simdata import scrape_records
 

@@ -1,5 +1,6 @@
-"""A faster decoder for `<prefix>.samples` messages, producing the very ScrapeRecord the
-contract's `ScrapeRecord.decode` produces.
+"""A faster decoder for `<prefix>.samples` messages (the stream stage's), producing the very
+ScrapeRecord the contract's `ScrapeRecord.decode` produces. It lives beside the contract it
+speeds up (contracts/records.py), and tests/contracts/test_records_fast.py holds it equal.
 
 The contract validates every sample row through a few function calls (~0.3-0.5 ms for a
 150-sample scrape); here the common case is checked inline with exact type tests on what
