@@ -20,7 +20,8 @@ from pathlib import Path
 from contracts.codec import DecodeError
 from contracts.derived import DerivedRecord
 from contracts.errors import KppError
-from kafka_io.connection import KafkaAuthenticationError, KafkaConnection, KafkaUnavailableError
+from kafka_io.connection import (KafkaAuthenticationError, KafkaConnection, KafkaTopicMissingError,
+                                 KafkaUnavailableError)
 from contracts.records import ScrapeRecord
 from contracts.topics import Topics
 from stack.settings import StackSettings
@@ -107,15 +108,31 @@ class Tally:
             self.last_ts_ms = max(self.last_ts_ms, record.scrape_ts_ms)
 
 
-def follow(connection: KafkaConnection, topics: Topics, tally: Tally, stop: threading.Event) -> None:
-    from kafka import KafkaConsumer
+def summary_topics(topics: Topics, with_stream_stage: bool) -> list[str]:
+    """What the live summary reads: the samples, and the derived topics when the stream stage
+    runs (without it they never appear)."""
+    return [topics.samples, topics.quantiles, topics.slo] if with_stream_stage else [topics.samples]
 
-    consumer = KafkaConsumer(topics.samples, topics.quantiles, topics.slo, **connection.kafka_python_kwargs(),
-                             auto_offset_reset="latest", enable_auto_commit=False, group_id=None,
-                             consumer_timeout_ms=1000, metadata_max_age_ms=5000)
+
+def follow(connection: KafkaConnection, topics: Topics, tally: Tally, stop: threading.Event) -> None:
+    from kafka_io.reader import END, FOLLOW, SyncRangeReader
+
+    names = summary_topics(topics, stage_available("streams.cli"))
+    reader = None
     try:
         while not stop.is_set():
-            for message in consumer:
+            if reader is None:
+                candidate = SyncRangeReader(connection, names, start=END, stop=FOLLOW, client_id="kpp-demo")
+                try:
+                    candidate.open()
+                except KafkaTopicMissingError:  # the stream worker creates them as it starts
+                    stop.wait(1.0)
+                    continue
+                except KppError as exc:  # the summary stops; the stages keep running and logging
+                    print(f"demo: the live summary cannot read Kafka: {exc}", file=sys.stderr, flush=True)
+                    return
+                reader = candidate
+            for message in reader.read(1.0):
                 try:
                     if message.topic == topics.samples:
                         tally.add(ScrapeRecord.decode(message.value))
@@ -126,7 +143,8 @@ def follow(connection: KafkaConnection, topics: Topics, tally: Tally, stop: thre
                 if stop.is_set():
                     break
     finally:
-        consumer.close()
+        if reader is not None:
+            reader.close()
 
 
 DEMO_PARTITIONS = 4
