@@ -8,13 +8,12 @@ names, the escaped line prefix / protobuf head / Influx head) is computed once p
 group with the very functions of the contract path, and cached.
 
 Equivalence with the contract path is by construction:
-- `encode(value)` accepts a record only if it has exactly the shape `DerivedRecord.from_json`
-  accepts (a known schema, `window.start_ms`/`end_ms` ints, `values` an object of numbers,
-  null or the strings "NaN"/"+Inf"/"-Inf"/"Inf", `labels`/`contributors` objects if present,
-  string `cluster`/`metric`, `scope` node or cluster with a node exactly for scope node,
-  string label values) and a window end inside the store's accepted range. Anything else
-  raises, and the caller hands the record to the contract path, which decides (same points,
-  or the same DLQ reason and message).
+- `encode(value)` accepts a record only if it has the common shape the contract's own fast
+  check accepts (contracts/derived_fast.py: `read_common`, `check_series` once per series
+  group, `number` per value; tests/contracts/test_derived_fast.py proves it decodes to the
+  same fields) and a window end inside the store's accepted range. Anything else raises, and
+  the caller hands the record to the contract path, which decides (same points, or the same
+  DLQ reason and message).
 - The output is what `writer.encode(derived_points(DerivedRecord.decode(value), extra))`
   gives, byte for byte (tests/sinks/test_fastpath.py checks it with hypothesis).
 """
@@ -24,10 +23,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Mapping
 
-import orjson
-
-from contracts.codec import _SPECIAL_FROM_JSON as SPECIAL_FLOATS
-from contracts.derived import KINDS, SCOPES, schema_name
+from contracts.derived_fast import NotCommonShape, SeriesKey, check_series, number, read_common
 from sinks.encode import (
     influx_head, influx_split, escape_influx_tag, prometheus_line_prefix, remote_write_series,
     remote_write_series_head, varint,
@@ -39,14 +35,12 @@ from sinks.writers import InfluxWriter, RemoteWriteWriter, VictoriaMetricsWriter
 # (fragment, points written, points skipped)
 Encoded = tuple[bytes, int, int]
 
-_SCHEMAS = frozenset(schema_name(k) for k in KINDS)
-_EMPTY: dict = {}  # default of absent labels/contributors; never mutated
 _CACHE_MAX = 100_000
 _isfinite = math.isfinite
 
 
-class NotFast(Exception):
-    """The record is not of the common shape: the contract path decides."""
+class NotFast(NotCommonShape):
+    """The record is not for the fast path: the contract path decides."""
 
 
 class DerivedFastPath:
@@ -60,19 +54,9 @@ class DerivedFastPath:
 
     # -- per series group (cached) -------------------------------------------------------------
 
-    def _group(self, key: tuple) -> object:
+    def _group(self, key: SeriesKey) -> object:
+        check_series(key)
         metric, cluster, node, scope, size_s, label_items, value_keys = key
-        # The checks DerivedRecord makes, plus string types (the contract path would fail, or
-        # stringify, on other types: it decides those).
-        if type(metric) is not str or type(cluster) is not str or type(scope) is not str or scope not in SCOPES:
-            raise NotFast("field types")
-        if node is not None and type(node) is not str:
-            raise NotFast("node type")
-        if (scope == "node") != (node is not None):
-            raise NotFast("scope/node")
-        for _, value in label_items:
-            if type(value) is not str:
-                raise NotFast("label value type")
         # What derived_points does.
         own = {"cluster": cluster, "scope": scope, "window": f"{size_s}s"}
         if scope == "node":
@@ -94,42 +78,14 @@ class DerivedFastPath:
     # -- per record ----------------------------------------------------------------------------
 
     def encode(self, value: bytes) -> Encoded:
-        obj = orjson.loads(value)
-        if type(obj) is not dict or obj["schema"] not in _SCHEMAS:
-            raise NotFast("not a derived record")
-        window = obj["window"]
-        values = obj["values"]
-        labels = obj.get("labels", _EMPTY)
-        if (type(window) is not dict or type(values) is not dict or type(labels) is not dict
-                or type(obj.get("contributors", _EMPTY)) is not dict):
-            raise NotFast("field types")
-        start = window["start_ms"]
-        end = window["end_ms"]
-        if type(start) is not int or type(end) is not int:
-            raise NotFast("window types")
+        key, values, end = read_common(value)
         limits = self.limits
         if limits is not None and not limits.lo <= end <= limits.hi:
             raise NotFast("a timestamp the store would drop")  # the contract path dead-letters it
-        # Equal keys mean equal str fields (a str never equals a non-str), so the type checks
-        # of _group hold for every record that hits the cache.
-        key = (obj["metric"], obj["cluster"], obj.get("node"), obj["scope"], (end - start) // 1000,
-               tuple(labels.items()), tuple(values))
         group = self._groups.get(key)
         if group is None:
             group = self._group(key)
         return self.emit(group, values, end)
-
-
-def _number(value: object) -> float:
-    """float_from_json for the JSON types orjson produces (raises for the others)."""
-    kind = type(value)
-    if kind is float:
-        return value  # type: ignore[return-value]
-    if kind is int:
-        return float(value)  # type: ignore[arg-type]
-    if kind is str:
-        return SPECIAL_FLOATS[value]
-    raise NotFast("value type")
 
 
 class PrometheusTextFastPath(DerivedFastPath):
@@ -147,7 +103,7 @@ class PrometheusTextFastPath(DerivedFastPath):
             if value is None:
                 continue
             if type(value) is not float:
-                value = _number(value)
+                value = number(value)
             if value.is_integer():
                 text = str(int(value)) if -1e15 < value < 1e15 else repr(value)
             else:
@@ -173,7 +129,7 @@ class RemoteWriteFastPath(DerivedFastPath):
             if value is None:
                 continue
             if type(value) is not float:
-                value = _number(value)
+                value = number(value)
             out.append(remote_write_series(head, value, ts))
         return b"".join(out), len(out), 0
 
@@ -201,7 +157,7 @@ class InfluxFastPath(DerivedFastPath):
             if value is None:
                 continue
             if type(value) is not float:
-                value = _number(value)
+                value = number(value)
             if not _isfinite(value):
                 skipped += 1
                 continue
