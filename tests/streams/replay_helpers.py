@@ -12,9 +12,8 @@ import time
 from functools import lru_cache
 
 import jsonschema
-from kafka import KafkaConsumer, TopicPartition
-
-from kafka_io.connection import KafkaConnection
+from kafka_io.connection import KafkaConnection, KafkaTopicMissingError
+from kafka_io.reader import BEGINNING, END, SyncRangeReader
 from tests.conftest import REPO
 
 KINDS = ("rates", "quantiles", "gauges", "health", "slo")
@@ -38,34 +37,25 @@ def rfc3339(ms: int) -> str:
 def read_all(kafka: KafkaConnection, topics: list[str]) -> list[tuple[str, int, int, bytes | None, bytes, int]]:
     """Every message of the topics as (topic, partition, offset, key, value, timestamp), up
     to the end offsets at the time of the call, per partition in offset order."""
-    consumer = KafkaConsumer(**kafka.kafka_python_kwargs(), group_id=None, enable_auto_commit=False)
-    try:
-        tps = []
-        for topic in topics:
+    deadline = time.monotonic() + 15
+    while True:
+        reader = SyncRangeReader(kafka, topics, start=BEGINNING, stop=END, client_id="kpp-test-read-all")
+        try:
+            reader.open()
+            break
+        except KafkaTopicMissingError:
             # a topic created a moment ago may be missing from the first metadata answer
-            deadline = time.monotonic() + 15
-            parts = consumer.partitions_for_topic(topic)
-            while not parts and time.monotonic() < deadline:
-                time.sleep(0.2)
-                consumer.topics()  # refreshes the metadata
-                parts = consumer.partitions_for_topic(topic)
-            assert parts, f"topic {topic} does not exist"
-            tps.extend(TopicPartition(topic, p) for p in sorted(parts))
-        if not tps:
-            return []
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
+            assert time.monotonic() < deadline, f"one of {topics} does not exist"
+            time.sleep(0.2)
+    try:
         out = []
         deadline = time.monotonic() + 60
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
+        while not reader.done:
             assert time.monotonic() < deadline, "could not read the topics to their end"
-            for tp, batch in consumer.poll(timeout_ms=500).items():
-                out.extend((m.topic, m.partition, m.offset, m.key, m.value, m.timestamp) for m in batch
-                           if m.offset < ends[tp])
+            out.extend((r.topic, r.partition, r.offset, r.key, r.value, r.timestamp_ms) for r in reader.read(0.5))
         return sorted(out, key=lambda m: (m[0], m[1], m[2]))
     finally:
-        consumer.close()
+        reader.close()
 
 
 def derived(kafka: KafkaConnection, prefix: str) -> list[tuple[str, bytes, bytes]]:
