@@ -1,50 +1,55 @@
-"""The sink's consumer loop: a plain kafka-python consumer in a consumer group with manual
-commits, feeding a BatchingSink, with the HTTP write pipelined on one write thread.
+"""The sink's consumer loop: an asyncio member of a consumer group (kafka_io.group) with
+manual commits, feeding a BatchingSink, with the HTTP write pipelined on one write thread.
 
-    poll → decode+encode (fastpath, else the contract path) → sink.add ─┐ full/due
-       ▲                                                                 ▼
-       │        write thread: write_items(batch N) ─→ ok ─→ (our thread) DLQ → commit N
-       │        meanwhile our thread polls and fills batch N+1           │ StoreUnavailable
-       └── paused while the store is away ◀──── N waits in _retry ◀──────┘ (backoff, jitter)
+    getmany → decode+encode (fastpath, else the contract path) → sink.add ─┐ full/due
+       ▲                                                                    ▼
+       │      write thread: write_items(batch N) ─→ ok ─→ (event loop) DLQ → commit N
+       │      meanwhile the event loop reads and fills batch N+1            │ StoreUnavailable
+       └── paused while the store is away ◀──── N waits in _retry ◀─────────┘ (backoff, jitter)
 
 - At most one batch is in flight. Offsets are committed only after the store acknowledged
-  the batch and the DLQ got its records, strictly in batch order: a newer batch is started
-  only when no older one is in flight or waiting for its retry. At-least-once, nothing lost.
-  The commit is asynchronous (its answer comes in a later poll); what is not confirmed when
-  the loop stops is committed again, synchronously, before the consumer closes.
-- Records are decoded from the fetch by aiokafka's C decoder where kafka-python allows it
-  (sinks/fetch.py), and encoded by the fast path inlined in _consume.
-- While the store is down the assigned partitions are paused and the loop keeps polling
-  (heartbeats, rebalances). Memory: the batch in flight (or to retry) plus the batch being
-  filled, each bounded by the batch limits plus one poll (a full batch waits for the write
-  in flight).
-- A rebalance first settles the write in flight, flushes and commits what is held (the
-  listener runs on kafka-python's IO thread: it awaits the commit); what cannot be flushed
-  is dropped for the revoked partitions, and their new owner re-reads it from the committed
+  the batch and the DLQ got its records (every DLQ message awaited until the broker took
+  it), strictly in batch order: a newer batch is started only when no older one is in
+  flight or waiting for its retry. At-least-once, nothing lost. Commits run in the
+  background, one at a time (what is acknowledged meanwhile goes with the next one, a
+  failed one is sent again); what is not confirmed when the loop stops is committed again,
+  awaited, before the consumer leaves the group.
+- The HTTP write runs on a worker thread (run_in_executor): the event loop keeps fetching
+  (aiokafka decodes record batches in C) and heartbeating meanwhile.
+- While the store is down the assigned partitions are paused and the loop keeps calling
+  getmany (the group's heartbeats and rebalances go on). Memory: the batch in flight (or to
+  retry) plus the batch being filled, each bounded by the batch limits plus one getmany (a
+  full batch waits for the write in flight).
+- A rebalance first settles the write in flight, flushes and commits what is held: the
+  group awaits our `on_revoked` coroutine before it gives partitions away, and a lock keeps
+  it from interleaving with the handling of a fetched batch. What cannot be flushed is
+  dropped for the revoked partitions, and their new owner re-reads it from the committed
   offset.
 - If the DLQ publish fails after a write, nothing is committed: the partitions are sought
-  back to the last offsets committed (or handed to commit_async: acknowledged), the batch
-  being filled is dropped, and all is re-read (re-writes are idempotent).
+  back to the last offsets committed (or acknowledged, if a commit of them is still on its
+  way), the batch being filled is dropped, and all is re-read (re-writes are idempotent).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from contracts.codec import DecodeError
 from contracts.derived import DerivedRecord
 from contracts.dlq import dead_letter, dlq_key
-from kafka_io.connection import KafkaConnection
+from contracts.errors import KppError
 from contracts.records import ScrapeRecord
+from kafka_io.connection import KafkaConnection
+from kafka_io.group import GroupConsumer, GroupSettings, Partition, Publisher
 from runtime.selfmetrics import Counters
 from sinks.encode import Unrepresentable
 from sinks.fastpath import fast_path_for
-from sinks.fetch import install as install_fast_decoding
 from sinks.series import Point, derived_points, raw_points
 from sinks.sink import Backoff, BatchingSink, FlushResult, Item, Rejection, write_items
 from sinks.timerange import TimestampLimits
@@ -61,11 +66,10 @@ class LoopSettings:
     raw_topic: str | None = None  # records of this topic are raw scrapes (--raw)
     extra_labels: Mapping[str, str] = field(default_factory=dict)
     client_id: str = "kpp-sink"
-    # Fetching. kafka-python keeps one fetch in flight per broker and sends the next one only
-    # when the previous one is drained; a fetch that holds only caught-up partitions makes
-    # the others wait up to fetch_max_wait_ms (Kafka's default of 500 ms halved the
-    # throughput of a catch-up). A poll returns at most max_poll_records; batches are cut at
-    # their limits whatever a poll returns.
+    # Fetching: a fetch that holds only caught-up partitions makes the others wait up to
+    # fetch_max_wait_ms (Kafka's default of 500 ms halved the throughput of a catch-up). A
+    # getmany returns at most max_poll_records; batches are cut at their limits whatever it
+    # returns.
     max_poll_records: int = 2000
     max_partition_fetch_bytes: int = 1024 * 1024
     fetch_max_bytes: int = 50 * 1024 * 1024
@@ -122,17 +126,16 @@ class SinkLoop:
         self.backoff = backoff or Backoff()
         self.store_down = False
         self._next_attempt = 0.0
-        self._committed: dict[tuple[str, int], int] = {}  # confirmed by the group coordinator
+        self._committed: dict[Partition, int] = {}  # confirmed by the group coordinator
         # The next offset of every partition whose records the store (and the DLQ) acknowledged:
-        # what the group should hold. Commits are asynchronous, one at a time (they coalesce
-        # meanwhile, and a failed one is sent again); what is not confirmed when the loop stops
-        # is committed synchronously before the consumer closes.
-        self._acked: dict[tuple[str, int], int] = {}
-        self._commit_in_flight = False
+        # what the group should hold.
+        self._acked: dict[Partition, int] = {}
+        self._to_commit: dict[Partition, int] = {}  # acknowledged, not handed to a commit yet
+        self._commit_task: asyncio.Task | None = None  # the commit in flight (one at a time)
         self._commit_retry_at = 0.0
-        self.fast_decoding = False
-        self._consumer = None
-        self._producer = None
+        self._commit_error: BaseException | None = None  # a background commit's unexpected error
+        self._group: GroupConsumer | None = None
+        self._dlq: Publisher | None = None
         self.last_flush_wall: float | None = None
         self.loop_at: float | None = None  # monotonic time the consume loop last came round
         self.started = threading.Event()
@@ -142,18 +145,15 @@ class SinkLoop:
         # The write pipeline: at most one batch in flight on the write thread; a batch the
         # store did not take waits in _retry and is written again before anything newer.
         self._executor: ThreadPoolExecutor | None = None
-        self._inflight: Future | None = None
+        self._inflight: asyncio.Future | None = None
         self._inflight_items: list[Item] = []
         self._inflight_started = 0.0
         self._inflight_points = 0
         self._retry: list[Item] | None = None
         self._last_error: Exception | None = None
-        # Acknowledged offsets not committed yet, and partitions to seek back to their committed
-        # offset: the rebalance listener (IO thread) only records them, our thread acts.
-        self._to_commit: dict[tuple[str, int], int] = {}  # acknowledged, not yet sent
-        self._to_rewind: set[tuple[str, int]] = set()
-        self._in_listener = False
-        self._rewound: set[tuple[str, int]] = set()  # seeked back during this poll's records
+        # Handling a fetched batch and a rebalance never interleave (both await writes).
+        self._lock = asyncio.Lock()
+        self._rewound: set[Partition] = set()  # sought back during this getmany's records
         self._backlog = False  # the last batch closed on size: flush the rest once caught up
 
     # -- decoding (pure apart from the writer's encoder) -------------------------------------
@@ -215,85 +215,52 @@ class SinkLoop:
 
     # -- Kafka --------------------------------------------------------------------------------
 
-    def _open(self) -> None:
-        from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+    async def _open(self) -> None:
+        s = self.settings
+        self._group = GroupConsumer(self.connection, GroupSettings(
+            topics=s.topics, group_id=s.group_id, client_id=s.client_id, max_poll_records=s.max_poll_records,
+            max_partition_fetch_bytes=s.max_partition_fetch_bytes, fetch_max_bytes=s.fetch_max_bytes,
+            fetch_max_wait_ms=s.fetch_max_wait_ms, session_timeout_ms=s.session_timeout_ms), hook=self)
+        self._dlq = Publisher(self.connection, client_id=s.client_id + "-dlq")
+        await self._group.start()
 
-        loop = self
-
-        # kafka-python 3 calls the listener on its IO thread (while our thread waits in
-        # poll()), where a blocking consumer call (commit, committed) raises: the listener
-        # is async and awaits its commit.
-        class Listener(AsyncConsumerRebalanceListener):
-            async def on_partitions_revoked(self, revoked):  # noqa: ANN001
-                await loop._on_revoked_async(revoked)
-
-            async def on_partitions_assigned(self, assigned):  # noqa: ANN001
-                loop._on_assigned(assigned)
-
-        kwargs = self.connection.kafka_python_kwargs()
-        self._consumer = KafkaConsumer(
-            **kwargs, group_id=self.settings.group_id, client_id=self.settings.client_id,
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_records=self.settings.max_poll_records,
-            max_partition_fetch_bytes=self.settings.max_partition_fetch_bytes,
-            fetch_max_bytes=self.settings.fetch_max_bytes,
-            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
-            max_poll_interval_ms=300_000,
-            # Topics created after the sink started (the stream stage comes up later) are
-            # noticed within this time.
-            metadata_max_age_ms=30_000,
-            session_timeout_ms=self.settings.session_timeout_ms,
-            heartbeat_interval_ms=max(1000, self.settings.session_timeout_ms // 3),
-            allow_auto_create_topics=False,
-        )
-        self.fast_decoding = install_fast_decoding(self._consumer)
-        self._consumer.subscribe(list(self.settings.topics), listener=Listener())
-        self._producer = KafkaProducer(**self.connection.kafka_producer_kwargs(),
-                                       client_id=self.settings.client_id + "-dlq", acks="all",
-                                       linger_ms=0, compression_type="gzip")
-
-    def _close(self) -> None:
-        if self._consumer is not None:
+    async def _close(self) -> None:
+        for what, closing in (("the consumer", self._group), ("the DLQ producer", self._dlq)):
+            if closing is None:
+                continue
             try:
-                self._consumer.close(autocommit=False)
+                await closing.close()
             except Exception as exc:  # noqa: BLE001 (closing: report, go on)
-                log.warning("closing the consumer: %s", exc)
-        if self._producer is not None:
-            try:
-                self._producer.close(timeout=5)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("closing the DLQ producer: %s", exc)
+                log.warning("closing %s: %s", what, exc)
 
-    def _on_assigned(self, assigned) -> None:  # noqa: ANN001
-        log.info("assigned %d partition(s): %s", len(assigned), _tps(assigned))
-        for topic in {tp.topic for tp in assigned}:
+    async def on_assigned(self, partitions: set[Partition]) -> None:
+        """The group's hook: new partitions (paused at once while the store is away)."""
+        log.info("assigned %d partition(s): %s", len(partitions), _tps(partitions))
+        for topic in {topic for topic, _ in partitions}:
             self.counters.set("kpp_sink_consumer_lag", 0, topic=topic)  # until the first measurement
-        if self.store_down and assigned:
-            self._consumer.pause(*assigned)
+        if self.store_down and partitions:
+            self._group.pause(partitions)
 
-    async def _on_revoked_async(self, revoked) -> None:  # noqa: ANN001
-        """Before partitions go: settle the write in flight, write what is held, commit it all
-        (awaited on the IO thread), then forget what is left of the revoked partitions."""
-        if not revoked:
+    async def on_revoked(self, partitions: set[Partition]) -> None:
+        """The group's hook, awaited before partitions go: settle the write in flight, write
+        what is held, commit it all, then forget what is left of the revoked partitions."""
+        if not partitions:
             return
         self.counters.inc("kpp_sink_rebalances_total")
-        log.info("revoking %d partition(s): %s", len(revoked), _tps(revoked))
-        self._in_listener = True
-        try:
+        log.info("revoking %d partition(s): %s", len(partitions), _tps(partitions))
+        async with self._lock:
             try:
-                self._settle_inflight()
+                await self._settle_inflight()
                 if not self.store_down and (self._retry or len(self.sink)):
-                    self._flush_and_commit()
+                    await self._flush_and_commit()
             except StoreUnavailable as exc:
                 log.warning("store unavailable during a rebalance (%s): buffered records of revoked "
                             "partitions are left to their next owner", exc)
-        finally:
-            self._in_listener = False
-        await self._commit_pending_async()
-        self._forget(revoked)
+            await self._commit_unconfirmed()
+            self._forget(partitions)
 
-    def _forget(self, revoked) -> None:  # noqa: ANN001
-        gone = {(tp.topic, tp.partition) for tp in revoked}
+    def _forget(self, revoked: set[Partition]) -> None:
+        gone = {(topic, partition) for topic, partition in revoked}
         dropped = self.sink.drop_partitions(gone)
         if self._retry is not None:
             keep = [i for i in self._retry if i.tp not in gone]
@@ -305,25 +272,29 @@ class SinkLoop:
             self._committed.pop(tp, None)
             self._to_commit.pop(tp, None)
             self._acked.pop(tp, None)
-        self._to_rewind -= gone
 
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, on_flush: Callable[[FlushResult], None] | None = None) -> None:
+        """Consume until `stop` is set (a thread's call: the loop runs its own event loop)."""
+        asyncio.run(self.run_async(stop, on_flush))
+
+    async def run_async(self, stop: threading.Event,
+                        on_flush: Callable[[FlushResult], None] | None = None) -> None:
         self._on_flush = on_flush
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kpp-sink-write")
         try:
-            self._open()
+            await self._open()
             self.started.set()
-            self._consume(stop)
-            self._shutdown_flush()
+            await self._consume(stop)
+            await self._shutdown_flush()
         finally:
-            self._confirm_commits()
-            self._close()  # may revoke (and settle) before the write thread goes
+            await self._confirm_commits()
+            await self._close()  # may revoke (and settle) before the write thread goes
             self._executor.shutdown(wait=True)
 
-    def _consume(self, stop: threading.Event) -> None:
-        consumer = self._consumer
+    async def _consume(self, stop: threading.Event) -> None:
+        group = self._group
         sink = self.sink
         add = sink.add
         to_item = self.to_item
@@ -335,53 +306,50 @@ class SinkLoop:
         while not stop.is_set():
             now = self.loop_at = time.monotonic()  # liveness: the loop comes round (sinks/cli.py)
             limits.refresh(_now_ms())
-            timeout_ms = 200
-            if self._inflight is not None or self._commit_in_flight or self._to_commit:
-                # Notice the write's end soon (its commit waits for us), and a commit's answer
-                # (it is handed to us in poll; the next commit waits for it).
-                timeout_ms = 10
+            timeout_s = 0.2
+            if self._inflight is not None or self._to_commit:
+                timeout_s = 0.01  # notice the write's end soon: its commit waits for us
             elif self.store_down:
-                timeout_ms = max(0, min(timeout_ms, int((self._next_attempt - now) * 1000)))
-            batches = consumer.poll(timeout_ms=timeout_ms)
-            if self.store_down:
-                # A rebalance may have handed us new, unpaused partitions.
-                assignment = consumer.assignment()
-                if assignment:
-                    consumer.pause(*assignment)
-            rewound = self._rewound
-            rewound.clear()
-            for tp, records in batches.items():
-                topic, partition = tp.topic, tp.partition
-                if (topic, partition) in rewound:
-                    continue
-                fast = self._fast if topic != raw_topic else None
-                for r in records:
-                    # to_item's fast case inlined (a call and three attribute writes less per
-                    # record); a record the fast path refuses goes to the contract path.
-                    value = r.value
-                    if fast is not None and value:
-                        try:
-                            fragment, points, skipped = fast(value)
-                        except Exception:  # noqa: BLE001 (not the common shape: the contract path decides)
-                            item = contract_item(topic, partition, r.offset, r.key, value)
+                timeout_s = max(0.0, min(timeout_s, self._next_attempt - now))
+            batches = await group.getmany(timeout_s)
+            async with self._lock:
+                assignment = group.assignment()
+                if self.store_down and assignment:
+                    group.pause(assignment)  # a rebalance may have handed us new, unpaused partitions
+                rewound = self._rewound
+                rewound.clear()
+                for tp, records in batches.items():
+                    topic, partition = tp
+                    if (topic, partition) in rewound or tp not in assignment:
+                        continue  # re-read from the committed offset / revoked meanwhile
+                    fast = self._fast if topic != raw_topic else None
+                    for r in records:
+                        # to_item's fast case inlined (a call and three attribute writes less per
+                        # record); a record the fast path refuses goes to the contract path.
+                        value = r.value
+                        if fast is not None and value:
+                            try:
+                                fragment, points, skipped = fast(value)
+                            except Exception:  # noqa: BLE001 (not the common shape: the contract path decides)
+                                item = contract_item(topic, partition, r.offset, r.key, value)
+                            else:
+                                item = Item(topic, partition, r.offset, r.key, value, fragment, points, skipped)
                         else:
-                            item = Item(topic, partition, r.offset, r.key, value, fragment, points, skipped)
-                    else:
-                        item = to_item(topic, partition, r.offset, r.key, value)
-                    if item.skipped:
-                        counters.inc("kpp_sink_points_skipped_total", item.skipped, reason="nonfinite")
-                    if add(item):
-                        # Full: hand it to the write thread now (or wait for the write in
-                        # flight), so that batches keep their size whatever a poll returns.
-                        self._pump()
-                        if (topic, partition) in rewound:
-                            break  # the rest of this poll is re-read from the committed offset
-            self._pump()
-            counters.set("kpp_sink_buffered_points", self.buffered_points)
-            now = time.monotonic()
-            if now - last_lag >= self.settings.lag_interval_s:
-                last_lag = now
-                self._update_lag()
+                            item = to_item(topic, partition, r.offset, r.key, value)
+                        if item.skipped:
+                            counters.inc("kpp_sink_points_skipped_total", item.skipped, reason="nonfinite")
+                        if add(item):
+                            # Full: hand it to the write thread now (or wait for the write in
+                            # flight), so that batches keep their size whatever getmany returns.
+                            await self._pump()
+                            if (topic, partition) in rewound:
+                                break  # the rest of this batch is re-read from the committed offset
+                await self._pump()
+                counters.set("kpp_sink_buffered_points", self.buffered_points)
+                now = time.monotonic()
+                if now - last_lag >= self.settings.lag_interval_s:
+                    last_lag = now
+                    await self._update_lag()
 
     @property
     def buffered_points(self) -> int:
@@ -391,22 +359,17 @@ class SinkLoop:
             held += sum(i.points for i in self._retry)
         return held
 
-    def _pump(self) -> None:
+    async def _pump(self) -> None:
         """Drive the write pipeline: settle a finished write (commit, or keep it to retry),
         then start the next write: the batch to retry once its backoff is over, else the
         filled batch when it is due. Commits stay in batch order: a batch is started only
         when no older batch is in flight or waiting for a retry."""
-        if self._to_rewind and not self._in_listener:
-            self._rewind_now()
-        if not self._in_listener:
-            self._send_commit()  # what waited for the commit in flight, or a failed one
+        self._send_commit()  # what waited for the commit in flight, or a failed one
         if self._inflight is not None:
-            if not self._inflight.done():
-                if not self.sink.full():
-                    return  # keep consuming into the next batch while this one is written
-                # The next batch is full: wait (memory stays bounded by two batches).
-                wait([self._inflight])
-            self._settle_inflight()
+            if not self._inflight.done() and not self.sink.full():
+                return  # keep consuming into the next batch while this one is written
+            # Done, or the next batch is full: wait (memory stays bounded by two batches).
+            await self._settle_inflight()
         now = time.monotonic()
         if self._retry is not None:
             if now >= self._next_attempt:
@@ -421,19 +384,19 @@ class SinkLoop:
         if self.sink.full():
             self._backlog = True  # batches close on size: we are behind
             self._start_write(self.sink.take())
-        elif self.sink.due(now) or (self._backlog and self._caught_up()):
+        elif self.sink.due(now) or (self._backlog and await self._caught_up()):
             # The last batch of a backlog is not held back for the batch interval.
             self._backlog = False
             self._start_write(self.sink.take())
 
-    def _caught_up(self) -> bool:
+    async def _caught_up(self) -> bool:
         """Every assigned partition is read up to its last known high watermark."""
-        consumer = self._consumer
-        for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)
+        group = self._group
+        for tp in group.assignment():
+            highwater = group.highwater(tp)
             if highwater is None:
                 return False
-            position = consumer.position(tp, timeout_ms=0)
+            position = await group.position(tp)
             if position is None or position < highwater:
                 return False
         return True
@@ -443,9 +406,9 @@ class SinkLoop:
         self._inflight_items = items
         self._inflight_points = sum(i.points for i in items)
         self._inflight_started = time.monotonic()
-        self._inflight = self._executor.submit(write_items, self.writer, items)
+        self._inflight = asyncio.get_running_loop().run_in_executor(self._executor, write_items, self.writer, items)
 
-    def _settle_inflight(self) -> bool:
+    async def _settle_inflight(self) -> bool:
         """Wait for the write in flight, if any, and settle it: on success publish its DLQ
         records and commit its offsets; if the store did not take it, keep it for a retry (and
         pause). Returns False when something stays to be retried."""
@@ -453,7 +416,7 @@ class SinkLoop:
             return True
         future, items = self._inflight, self._inflight_items
         try:
-            result = future.result()
+            result = await future
         except StoreUnavailable as exc:
             self._retry = items
             self._unavailable(exc)
@@ -461,9 +424,9 @@ class SinkLoop:
         finally:
             self._inflight = None
             self._inflight_items = []
-        return self._acknowledged(result, items, time.monotonic() - self._inflight_started)
+        return await self._acknowledged(result, items, time.monotonic() - self._inflight_started)
 
-    def _acknowledged(self, result: FlushResult, items: list[Item], seconds: float) -> bool:
+    async def _acknowledged(self, result: FlushResult, items: list[Item], seconds: float) -> bool:
         """The store took the batch: DLQ its rejects, then commit. False if the DLQ failed (then
         the batch's partitions are re-read from the committed offsets)."""
         self.counters.set("kpp_sink_store_up", 1)
@@ -474,15 +437,13 @@ class SinkLoop:
         self.counters.inc("kpp_sink_points_written_total", result.written_points)
         self.counters.inc("kpp_sink_records_total", result.written_records, outcome="written")
         try:
-            self._publish_dlq(result.rejected)
+            await self._publish_dlq(result.rejected)
         except Exception as exc:  # noqa: BLE001 (any failure: re-read from the committed offsets)
             log.error("cannot publish %d record(s) to %s (%s): re-reading from the committed offsets",
                       len(result.rejected), self.settings.dlq_topic, exc)
             # The batch being filled holds later records of the same partitions: they must not be
             # written (and committed) before the re-read ones, so they are re-read too.
-            self._to_rewind |= set(result.commit) | {i.tp for i in self.sink.take()}
-            if not self._in_listener:
-                self._rewind_now()
+            await self._rewind(set(result.commit) | {i.tp for i in self.sink.take()})
             self._unavailable(StoreUnavailable(f"DLQ publish failed: {exc}"))
             return False
         self._commit(result.commit)
@@ -506,46 +467,41 @@ class SinkLoop:
             log.info("store still unavailable (%s): next try in %.1f s", exc, delay)
         self.store_down = True
         self.counters.set("kpp_sink_paused", 1)
-        assignment = self._consumer.assignment()
+        assignment = self._group.assignment()
         if assignment:
-            self._consumer.pause(*assignment)
+            self._group.pause(assignment)
         self._next_attempt = time.monotonic() + delay
 
     def _store_back(self) -> None:
         log.info("store is back: resuming consumption")
         self.store_down = False
         self.counters.set("kpp_sink_paused", 0)
-        paused = self._consumer.paused()
+        paused = self._group.paused()
         if paused:
-            self._consumer.resume(*paused)
+            self._group.resume(paused)
 
-    def _flush_and_commit(self) -> None:
-        """Synchronously write and commit everything held (the write in flight, the batch to
-        retry, the batch being filled), in this order. Raises StoreUnavailable, keeping what was
-        not written for a retry."""
-        if not self._settle_inflight():
+    async def _flush_and_commit(self) -> None:
+        """Write and commit everything held (the write in flight, the batch to retry, the
+        batch being filled), in this order. Raises StoreUnavailable, keeping what was not
+        written for a retry."""
+        if not await self._settle_inflight():
             raise StoreUnavailable(f"the batch in flight was not written: {self._last_error}")
         for take in (self._take_retry, self.sink.take):
             items = take()
             if items:
                 self._start_write(items)
-                if not self._settle_inflight():
+                if not await self._settle_inflight():
                     raise StoreUnavailable(str(self._last_error))
 
     def _take_retry(self) -> list[Item]:
         items, self._retry = self._retry or [], None
         return items
 
-    def _publish_dlq(self, rejected: list[Rejection]) -> None:
+    async def _publish_dlq(self, rejected: list[Rejection]) -> None:
         if not rejected:
             return
-        futures = []
-        for rejection in rejected:
-            futures.append(self._producer.send(self.settings.dlq_topic, key=dlq_key(rejection.item.key),
-                                               value=self.dlq_message(rejection)))
-        self._producer.flush(timeout=30)
-        for future in futures:
-            future.get(timeout=30)
+        await self._dlq.publish(self.settings.dlq_topic,
+                                [(dlq_key(r.item.key), self.dlq_message(r)) for r in rejected])
         for rejection in rejected:
             self.counters.inc("kpp_sink_dlq_total", reason=rejection.reason)
             if rejection.item.dropped:
@@ -564,174 +520,147 @@ class SinkLoop:
                            partition=item.partition, offset=item.offset, key=item.key, value=item.value,
                            store=store, dead_lettered_ms=int(time.time() * 1000))
 
-    def _commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+    # -- commits --------------------------------------------------------------------------------
+
+    def _commit(self, offsets: Mapping[Partition, int]) -> None:
         """Commit acknowledged offsets (batches are acknowledged in order, so the highest offset
-        per partition is the one to commit). In the rebalance listener they are only recorded
-        and committed by `_commit_pending_async`."""
+        per partition is the one to commit), in the background."""
         for tp, offset in offsets.items():
             if offset > self._to_commit.get(tp, -1):
                 self._to_commit[tp] = offset
             if offset > self._acked.get(tp, -1):
                 self._acked[tp] = offset
-        if not self._in_listener:
-            self._send_commit()
+        self._send_commit()
 
     def _send_commit(self) -> None:
-        """Hand what is to commit to commit_async, unless a commit is in flight (then it waits
-        for its answer and goes with the offsets that came meanwhile) or a failed one waits to
-        be sent again. The consumer goes on reading while the coordinator writes it."""
-        if self._commit_in_flight or not self._to_commit or time.monotonic() < self._commit_retry_at:
+        """Start a commit of what is to commit, unless one is in flight (then the offsets wait
+        for its answer and go with the next one) or a failed one waits to be sent again. The
+        loop goes on reading while the coordinator writes it."""
+        if self._commit_error is not None:
+            error, self._commit_error = self._commit_error, None
+            raise error
+        if self._commit_task is not None or not self._to_commit or time.monotonic() < self._commit_retry_at:
             return
-        payload = self._commit_payload()
-        if not payload:
-            return
-        from kafka.errors import KafkaError
+        assignment = self._group.assignment()
+        payload = {tp: offset for tp, offset in self._to_commit.items() if tp in assignment}
+        self._to_commit = {}
+        if payload:
+            self._commit_task = asyncio.ensure_future(self._commit_in_background(payload))
 
-        self._commit_in_flight = True
+    async def _commit_in_background(self, payload: dict[Partition, int]) -> None:
         try:
-            self._consumer.commit_async(payload, callback=self._on_commit)
-        except KafkaError as exc:
-            self._on_commit(payload, exc)
+            await self._commit_and_note(payload)
+        except Exception as exc:  # noqa: BLE001 (a bug, not Kafka: the loop raises it, see _send_commit)
+            self._commit_error = exc
+            return
+        finally:
+            self._commit_task = None
+        self._send_commit()  # what was acknowledged meanwhile
 
-    def _on_commit(self, payload: dict, response: object) -> None:
-        """commit_async's answer (kafka-python hands it over in a later poll, on our thread)."""
-        self._commit_in_flight = False
-        assignment = self._consumer.assignment()
-        if isinstance(response, Exception):
-            self._commit_failed(response)
+    async def _commit_and_note(self, payload: dict[Partition, int]) -> None:
+        try:
+            await self._group.commit(payload)
+        except KppError as exc:
+            self._commit_failed(exc)
             # Sent again (with anything newer) after a pause, as long as the partition is ours.
-            for tp, meta in payload.items():
-                key = (tp.topic, tp.partition)
-                if tp in assignment and meta.offset > self._to_commit.get(key, -1):
-                    self._to_commit[key] = meta.offset
+            assignment = self._group.assignment()
+            for tp, offset in payload.items():
+                if tp in assignment and offset > self._to_commit.get(tp, -1):
+                    self._to_commit[tp] = offset
             self._commit_retry_at = time.monotonic() + 0.5
             return
-        self._commit_done({tp: meta for tp, meta in payload.items() if tp in assignment})
+        assignment = self._group.assignment()
+        self._commit_done({tp: offset for tp, offset in payload.items() if tp in assignment})
 
-    def _unconfirmed_payload(self) -> dict:
-        """Acknowledged offsets of assigned partitions that the group has not confirmed."""
-        from kafka.structs import OffsetAndMetadata, TopicPartition
-
-        assignment = self._consumer.assignment()
-        payload = {}
-        for (topic, partition), offset in self._acked.items():
-            tp = TopicPartition(topic, partition)
-            if tp in assignment and offset > self._committed.get((topic, partition), -1):
-                payload[tp] = OffsetAndMetadata(offset, "", -1)
-        return payload
-
-    def _confirm_commits(self) -> None:
-        """Before closing: commit, synchronously, every acknowledged offset the group has not
-        confirmed (a commit in flight, failed, or not sent yet), so that closing the consumer
-        does not lose it."""
-        if self._consumer is None or not self._acked:
-            return
-        try:
-            payload = self._unconfirmed_payload()
-            if not payload:
-                return
-            self._consumer.commit(payload)
-        except Exception as exc:  # noqa: BLE001 (closing: the next owner re-reads, idempotently)
-            self._commit_failed(exc)
-            return
+    async def _commit_unconfirmed(self) -> None:
+        """Commit, awaited, every acknowledged offset of an assigned partition the group has not
+        confirmed (a commit in flight is awaited first; a failed one or one not sent yet goes
+        now)."""
+        if self._commit_task is not None:
+            await asyncio.shield(self._commit_task)
         self._to_commit = {}
-        self._commit_done(payload)
-
-    async def _commit_pending_async(self) -> None:
-        """In the rebalance listener: commit every acknowledged offset not confirmed yet (a
-        commit of the consumer thread may be in flight or have failed), awaited."""
-        self._to_commit = {}
-        payload = self._unconfirmed_payload()
+        assignment = self._group.assignment()
+        payload = {tp: offset for tp, offset in self._acked.items()
+                   if tp in assignment and offset > self._committed.get(tp, -1)}
         if not payload:
             return
-        from kafka.errors import KafkaError
-
         try:
-            await self._consumer.commit_async(payload)
-        except KafkaError as exc:
+            await self._group.commit(payload)
+        except KppError as exc:  # the next owner re-reads, idempotently
             self._commit_failed(exc)
             return
         self._commit_done(payload)
 
-    def _commit_payload(self) -> dict:
-        from kafka.structs import OffsetAndMetadata, TopicPartition
-
-        assignment = self._consumer.assignment()
-        payload = {}
-        for (topic, partition), offset in self._to_commit.items():
-            tp = TopicPartition(topic, partition)
-            if tp in assignment:
-                payload[tp] = OffsetAndMetadata(offset, "", -1)
-        self._to_commit = {}
-        return payload
+    async def _confirm_commits(self) -> None:
+        """Before closing: commit every acknowledged offset the group has not confirmed, so
+        that leaving the group does not lose it."""
+        if self._group is None or not self._acked:
+            return
+        try:
+            await self._commit_unconfirmed()
+        except Exception as exc:  # noqa: BLE001 (closing: the next owner re-reads, idempotently)
+            self._commit_failed(exc)
 
     def _commit_failed(self, exc: Exception) -> None:
         # The data is in the store; the next owner re-writes it (idempotent).
         self.counters.inc("kpp_sink_commits_total", outcome="failed")
         log.warning("offset commit failed (%s): records may be written again", exc)
 
-    def _commit_done(self, payload: dict) -> None:
+    def _commit_done(self, offsets: dict[Partition, int]) -> None:
         self.counters.inc("kpp_sink_commits_total", outcome="ok")
-        for tp, meta in payload.items():
-            key = (tp.topic, tp.partition)
-            if meta.offset >= self._committed.get(key, -1):
-                self._committed[key] = meta.offset
+        for tp, offset in offsets.items():
+            if offset >= self._committed.get(tp, -1):
+                self._committed[tp] = offset
 
-    def _rewind_now(self) -> None:
-        """Seek the partitions of `_to_rewind` back to their committed offsets (re-read). An
-        asynchronous commit may not have reached the group yet: its offset counts too (the
-        store acknowledged everything before it), so that commits never go backwards."""
-        from kafka.structs import TopicPartition
-
-        partitions, self._to_rewind = self._to_rewind, set()
+    async def _rewind(self, partitions: set[Partition]) -> None:
+        """Seek the partitions back to their committed offsets (re-read). A commit may not have
+        reached the group yet: its offset counts too (the store acknowledged everything before
+        it), so that commits never go backwards."""
         self._rewound |= partitions
-        assignment = self._consumer.assignment()
-        for (topic, partition) in partitions:
-            tp = TopicPartition(topic, partition)
+        assignment = self._group.assignment()
+        for tp in partitions:
             if tp not in assignment:
                 continue
-            committed = self._consumer.committed(tp)
-            ours = self._acked.get((topic, partition), -1)
+            committed = await self._group.committed(tp)
+            ours = self._acked.get(tp, -1)
             if ours >= 0 and (committed is None or ours > committed):
                 committed = ours
             if committed is None:
-                self._consumer.seek_to_beginning(tp)
+                await self._group.seek_to_beginning(tp)
             else:
-                self._consumer.seek(tp, committed)
+                self._group.seek(tp, committed)
 
-    def _update_lag(self) -> None:
+    async def _update_lag(self) -> None:
         per_topic: dict[str, int] = {}
-        for tp in self._consumer.assignment():
-            highwater = self._consumer.highwater(tp)
+        for tp in self._group.assignment():
+            highwater = self._group.highwater(tp)
             if highwater is None:
                 continue
-            try:
-                position = self._consumer.position(tp, timeout_ms=1000)
-            except Exception:  # noqa: BLE001 (a gauge is not worth failing for)
-                continue
+            position = await self._group.position(tp)
             if position is None:
                 continue
-            per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, highwater - position)
+            per_topic[tp[0]] = per_topic.get(tp[0], 0) + max(0, highwater - position)
         for topic, lag in per_topic.items():
             self.counters.set("kpp_sink_consumer_lag", lag, topic=topic)
 
-    def _shutdown_flush(self) -> None:
+    async def _shutdown_flush(self) -> None:
         """On stop, try for a while to write what is held; what stays is re-read later."""
         deadline = time.monotonic() + self.settings.shutdown_flush_s
         error = None
         while time.monotonic() < deadline:
             try:
-                self._flush_and_commit()
+                async with self._lock:
+                    await self._flush_and_commit()
                 return
             except StoreUnavailable as exc:
                 error = exc
-                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         held = len(self.sink) + len(self._retry or ())
         if held:
             log.warning("stopping: store unavailable (%s); %d buffered record(s) stay in Kafka, uncommitted",
                         error, held)
 
-    def committed_offsets(self) -> dict[tuple[str, int], int]:
+    def committed_offsets(self) -> dict[Partition, int]:
         return dict(self._committed)
 
 
@@ -739,5 +668,5 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _tps(tps) -> str:  # noqa: ANN001
-    return ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in tps))
+def _tps(tps: set[Partition]) -> str:
+    return ", ".join(sorted(f"{topic}[{partition}]" for topic, partition in tps))

@@ -13,10 +13,9 @@ from typing import Iterable
 import httpx
 import orjson
 from kafka import KafkaProducer
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
 
 from contracts.derived import DerivedRecord
+from kafka_io.admin import TopicSpec, ensure_topics
 from kafka_io.connection import KafkaConnection
 from runtime.selfmetrics import Counters
 from sinks.loop import LoopSettings, SinkLoop
@@ -24,10 +23,8 @@ from sinks.sink import Backoff, BatchingSink, BatchLimits
 from sinks.writers import WRITERS, WriterSettings
 
 
-# How long a fresh sink may take to read a fresh topic: kafka-python sometimes joins the group
-# before it has the new topic's metadata ("No partition metadata for topic"), and then gets its
-# partitions only after the next metadata refresh (metadata_max_age_ms, 30 s).
-FIRST_READ_S = 45
+# How long a fresh sink may take to join its group and read a fresh topic's records.
+FIRST_READ_S = 15
 
 
 def unique(prefix: str = "t") -> str:
@@ -59,13 +56,7 @@ def create_topic(connection: KafkaConnection, topic: str, partitions: int = 1) -
     """Create the topic up front (no auto-creation race with a consumer's first metadata)."""
     if topic in _created:
         return
-    admin = KafkaAdminClient(**connection.kafka_python_kwargs())
-    try:
-        admin.create_topics([NewTopic(topic, partitions, 1)])
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        admin.close()
+    ensure_topics(connection, [TopicSpec(topic, partitions)], client_id="kpp-sink-tests")
     _created.add(topic)
 
 

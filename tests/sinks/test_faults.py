@@ -105,8 +105,8 @@ def test_store_down_for_60_seconds_then_back_every_point_exactly_once(
             assert sink.wait_records(len(first), FIRST_READ_S)
             commits: list[tuple[float, dict]] = []  # every confirmed commit, timed
             confirmed = sink.loop._commit_done
-            sink.loop._commit_done = lambda payload: (commits.append((time.monotonic(), {
-                (tp.topic, tp.partition): m.offset for tp, m in payload.items()})), confirmed(payload))
+            sink.loop._commit_done = lambda offsets: (commits.append((time.monotonic(), dict(offsets))),
+                                                      confirmed(offsets))
             vm.stop()
             down_at = time.monotonic()
             committed_before = dict(sink.loop.committed_offsets())
@@ -373,8 +373,7 @@ def test_pipelined_writes_commit_in_order_and_never_past_a_failed_batch(
     commits: list[dict] = []
     written: list[dict] = []  # the offsets the store acknowledged, batch by batch
     done = sink.loop._commit_done
-    sink.loop._commit_done = lambda payload: (commits.append(
-        {(tp.topic, tp.partition): m.offset for tp, m in payload.items()}), done(payload))
+    sink.loop._commit_done = lambda offsets: (commits.append(dict(offsets)), done(offsets))
     acknowledged = sink.loop._acknowledged
     sink.loop._acknowledged = lambda result, items, seconds: (written.append(dict(result.commit)),
                                                               acknowledged(result, items, seconds))[1]
