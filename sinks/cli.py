@@ -13,7 +13,7 @@ import time
 
 from runtime.config import vm_url
 from contracts.errors import ConfigError
-from kafka_io.connection import KafkaConnection
+from kafka_io.connection import KafkaConnection, capture_client_failures
 from runtime.options import Option, add_command, byte_size, positive_float, resolve_command
 from contracts.topics import DEFAULT_PREFIX, Topics
 from runtime.selfmetrics import Counters, serve
@@ -153,6 +153,10 @@ def store_retention(setting: int | str | None, writer: Writer) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The sink's consumer is aiokafka's: its records are kept back like kafka-python's (a
+    # reconnect storm during an outage, a transient "coordinator not available" at a fresh
+    # broker); the cause of a failed connection is still taken from them.
+    capture_client_failures("aiokafka", show_below_critical=getattr(args, "log_level", None) == "DEBUG")
     values = resolve_command(OPTIONS, args)
     connection = KafkaConnection.from_sources(args)
     counters = Counters()
