@@ -36,6 +36,10 @@ FOLLOW = None
 
 # How many records one read() returns at most (per call, across partitions).
 DEFAULT_MAX_RECORDS = 5000
+# aiokafka fetches a partition again only once its fetched records are consumed, so a reader
+# waits for each fetch's round trip: fetches larger than its 1 MiB default wait less often (on
+# 1.5 kB records, 4 MiB read a range at 2-3x the records/s). Memory: up to this per partition.
+PARTITION_FETCH_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,8 @@ class RangeReader:
         self._consumer = consumer = AIOKafkaConsumer(
             **self.connection.aiokafka_kwargs(), group_id=self.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", client_id=self.client_id,
-            request_timeout_ms=int(max(self.connection.timeout_s, 5.0) * 1000))
+            request_timeout_ms=int(max(self.connection.timeout_s, 5.0) * 1000),
+            max_partition_fetch_bytes=PARTITION_FETCH_BYTES)
         await consumer.start()
         if not wanted:
             return

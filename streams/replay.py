@@ -331,27 +331,39 @@ class KafkaSource:
         """Every message of the range, interleaved by (timestamp, partition), each partition in
         offset order: the next message is chosen once every unfinished partition has one
         buffered."""
-        buffers: dict[int, deque] = {p: deque() for p in self.start if p not in self.empty_partitions}
-        while buffers:
+        empty = set(self.empty_partitions)
+        buffers: dict[int, deque] = {p: deque() for p in self.start if p not in empty}
+        await self._fill(buffers, list(buffers))
+        heap = [(buf[0].timestamp_ms, p) for p, buf in buffers.items() if buf]
+        heapq.heapify(heap)
+        while heap:
+            p = heap[0][1]
+            buf = buffers[p]
+            msg = buf.popleft()
+            if not buf:
+                await self._fill(buffers, [p])
+            if buf:
+                heapq.heapreplace(heap, (buf[0].timestamp_ms, p))
+            else:  # finished and drained
+                heapq.heappop(heap)
+            yield msg
+
+    async def _fill(self, buffers: dict[int, deque], partitions: list[int]) -> None:
+        """Read until each of `partitions` has a message buffered or is finished."""
+        deadline = time.monotonic() + self.stall_timeout_s
+        while True:
             finished = {p for _t, p in self.reader.finished_partitions()}
-            waiting = [p for p, buf in buffers.items() if not buf and p not in finished]
-            deadline = time.monotonic() + self.stall_timeout_s
-            while waiting:
-                records = await self.reader.read(0.5, only=[(self.topic, p) for p in waiting])
-                for r in records:  # a reader Record has Message's fields
-                    buffers[r.partition].append(r)
-                if records:
-                    deadline = time.monotonic() + self.stall_timeout_s
-                elif time.monotonic() > deadline:
-                    raise KppError(f"replay: no message from {self.topic} for {self.stall_timeout_s:.0f} s "
-                                   "although the range is not finished (broker unreachable?)")
-                finished = {p for _t, p in self.reader.finished_partitions()}
-                waiting = [p for p, buf in buffers.items() if not buf and p not in finished]
-            for p in [p for p, buf in buffers.items() if not buf]:  # finished and drained
-                del buffers[p]
-            if buffers:
-                p = min(buffers, key=lambda q: (buffers[q][0].timestamp_ms, q))
-                yield buffers[p].popleft()
+            waiting = [p for p in partitions if not buffers[p] and p not in finished]
+            if not waiting:
+                return
+            records = await self.reader.read(0.5, only=[(self.topic, p) for p in waiting])
+            for r in records:  # a reader Record has Message's fields
+                buffers[r.partition].append(r)
+            if records:
+                deadline = time.monotonic() + self.stall_timeout_s
+            elif time.monotonic() > deadline:
+                raise KppError(f"replay: no message from {self.topic} for {self.stall_timeout_s:.0f} s "
+                               "although the range is not finished (broker unreachable?)")
 
     async def close(self) -> None:
         await self.reader.close()
