@@ -59,6 +59,50 @@ def test_replayer_equals_reference_and_filters_windows():
     assert stats.outside_range == len(expected) - len(want)
 
 
+class ChunkedReader:
+    """Stands in for kafka_io's RangeReader: hands out each partition's records a few at a
+    time, and only for the partitions asked for."""
+
+    def __init__(self, topic, per_partition, chunk):
+        self.topic, self.left, self.chunk = topic, {p: list(m) for p, m in per_partition.items()}, chunk
+        self.reads = 0
+
+    def finished_partitions(self):
+        return {(self.topic, p) for p, left in self.left.items() if not left}
+
+    async def read(self, timeout_s, only):
+        self.reads += 1
+        out = []
+        for _topic, p in sorted(only):
+            out.extend(self.left[p][:self.chunk])
+            del self.left[p][:self.chunk]
+        return out
+
+
+def test_the_kafka_source_merges_partitions_as_merge_by_time():
+    from streams.replay import KafkaSource
+    import random
+
+    rng = random.Random(5)
+    per = {p: [] for p in range(4)}
+    for offset in range(300):
+        p = rng.randrange(3)  # partition 3 holds nothing in the range
+        per[p].append(Message(p, len(per[p]), 1_000 + rng.randrange(0, 5000), b"k", b"v%d" % offset))
+    for msgs in per.values():
+        msgs.sort(key=lambda m: m.offset)
+    source = KafkaSource.__new__(KafkaSource)  # its Kafka part replaced by the stand-in reader
+    source.topic, source.stall_timeout_s = "t", 5.0
+    source.reader = ChunkedReader("t", per, chunk=7)
+    source.start = {p: 0 for p in per}
+    source.stop = {p: len(m) for p, m in per.items()}
+
+    async def collect():
+        return [m async for m in source.messages()]
+
+    assert asyncio.run(collect()) == list(merge_by_time({p: iter(m) for p, m in per.items()}))
+    assert source.empty_partitions == [3]
+
+
 def test_time_arguments():
     now = 1_800_000_000.0
     assert parse_time("6h", "--from", now) == parse_time("-6h", "--from", now) == int((now - 6 * 3600) * 1000)
