@@ -83,7 +83,7 @@ def test_a_partition_is_finished_at_its_stop_even_without_a_record_there() -> No
 # -- against the broker ------------------------------------------------------------------------
 
 PARTITIONS = 3
-BASE_MS = 1_700_000_000_000
+BASE_MS = (int(time.time()) - 3600) * 1000  # recent: retention never deletes the records mid-test
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def stamped_topic(kafka: KafkaConnection):
     from kafka_io.publish import kafka_python_producer
 
     topic = f"test.reader.{uuid.uuid4().hex[:8]}"
-    ensure_topics(kafka, [TopicSpec(topic, PARTITIONS)])
+    ensure_topics(kafka, [TopicSpec(topic, PARTITIONS, {"retention.ms": "-1"})])
     producer = kafka_python_producer(kafka, client_id="kpp-test-reader", acks="all")
     for i in range(60):
         producer.send(topic, partition=i % PARTITIONS, key=b"k%d" % i, value=b"v%d" % i,
