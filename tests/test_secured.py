@@ -376,3 +376,27 @@ def test_explain_names_the_cause_and_never_the_password() -> None:
         "authentication failed")
     CLIENT_FAILURES.clear()
     assert connection.explain(KafkaTimeoutError("Unable to bootstrap")) == "KafkaTimeoutError: Unable to bootstrap"
+
+
+def test_range_reader_and_publisher_over_sasl_ssl(secured_kafka: KafkaService) -> None:
+    """kafka_io's publisher (kafka-python) and range reader (aiokafka, with its admin client)
+    over SCRAM-SHA-512 and TLS: what `kpp import`, `replay`, `tail` and `archive` use."""
+    from kafka_io.admin import TopicSpec, ensure_topics
+    from kafka_io.publish import kafka_python_producer
+    from kafka_io.reader import BEGINNING, END, SyncRangeReader
+
+    connection = secured_kafka.secured_connection()
+    topic = f"secured.reader.{uuid.uuid4().hex[:8]}"
+    ensure_topics(connection, [TopicSpec(topic, 2)])
+    producer = kafka_python_producer(connection, client_id="kpp-test-secured", acks="all")
+    try:
+        for i in range(10):
+            producer.send(topic, key=b"k%d" % i, value=b"v%d" % i).get(30)
+    finally:
+        producer.close(10)
+    got = []
+    with SyncRangeReader(connection, topic, start=BEGINNING, stop=END) as reader:
+        deadline = time.monotonic() + 30
+        while not reader.done and time.monotonic() < deadline:
+            got.extend(reader.read(0.5))
+    assert sorted(r.value for r in got) == sorted(b"v%d" % i for i in range(10))
