@@ -24,9 +24,11 @@ import traceback
 import faust
 
 from contracts.dlq import dlq_key
+from kafka_io.assigned import read_offset_range
 from kafka_io.connection import KafkaConnection
 from streams.app import TABLES
 from streams.config import StreamSettings
+from streams.faust_adapter import ChangelogTable, producer_send
 from streams.selfmetrics import HEARTBEAT_S, StreamMetrics
 from streams.stages import ClusterStage, NodeStage, dead_letter
 
@@ -38,32 +40,6 @@ UNASSIGNED_WARNING_S = 60
 #: Events per batch, and how long a batch waits to fill (seconds).
 BATCH_MAX = 2000
 BATCH_WITHIN = 0.1
-
-
-class ChangelogTable:
-    """A Faust table as the stages use it: `get`, and `write_in` with an explicit changelog
-    partition (a batch mixes events of several partitions, so Faust's "current event" cannot
-    choose it). Writes the store and sends the same changelog record as `table[key] = value`,
-    but straight to the producer, returning the delivery future: Faust's own path queues the
-    record in a buffer whose flush before an offset commit may give up after 0.1 s, which
-    would let a commit run ahead of the state a restart recovers."""
-
-    def __init__(self, table, producer) -> None:
-        self.table = table
-        self.producer = producer  # async () -> the started aiokafka producer
-
-    def get(self, key: str, default=None):
-        return self.table.data.get(key, default)
-
-    async def write_in(self, part: int, key: str, raw: bytes | None):
-        table = self.table
-        if raw is None:
-            table.data.pop(key, None)
-        else:
-            table.data[key] = raw
-        key_bytes, _headers = table.changelog_topic.prepare_key(key, table.key_serializer)
-        producer = await self.producer()
-        return await producer.send(table.changelog_topic.get_topic_name(), raw, key=key_bytes, partition=part)
 
 
 class SkippedRecords:
@@ -86,25 +62,8 @@ class SkippedRecords:
 
     async def read(self, topic: str, part: int, start: int, end: int) -> list[tuple[int, bytes | None, bytes]]:
         """(offset, key, value) of the records of `topic`[`part`] in [start, end)."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        tp = TopicPartition(topic, part)
-        consumer = AIOKafkaConsumer(**self.connection.aiokafka_kwargs(), group_id=None, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", client_id="kpp-stream-gap-reader")
-        await consumer.start()
-        out: list[tuple[int, bytes | None, bytes]] = []
-        try:
-            consumer.assign([tp])
-            consumer.seek(tp, start)
-            deadline = time.monotonic() + self.timeout_s
-            while await consumer.position(tp) < end:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"could not read {topic}[{part}] offsets {start}..{end - 1} "
-                                       f"within {self.timeout_s:g} s")
-                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=5000)
-                out.extend((r.offset, r.key, r.value) for r in batch.get(tp, ()) if r.offset < end)
-        finally:
-            await consumer.stop()
+        out = await read_offset_range(self.connection, topic, part, start, end, timeout_s=self.timeout_s,
+                                      client_id="kpp-stream-gap-reader")
         first = out[0][0] if out else end
         if first > start:
             # deleted by retention before anyone processed them: gone for good, say so loudly
@@ -134,23 +93,11 @@ def wire(app: faust.App, settings: StreamSettings, connection: KafkaConnection) 
     node_table = app.Table(TABLES[0], key_type=str, value_type=bytes, partitions=n)
     cluster_table = app.Table(TABLES[1], key_type=str, value_type=bytes, partitions=n)
 
-    producer = None
+    # outputs and changelog records straight to the app's producer: see streams/faust_adapter.py
+    send = producer_send(app)
 
-    async def started_producer():
-        # The aiokafka producer under Faust's (same client, same partitioner, same settings):
-        # Faust's Topic.send and Producer.send wrappers cost more than the send itself, and a
-        # scrape yields ~8 outputs.
-        nonlocal producer
-        if producer is None:
-            producer = (await app.maybe_start_producer())._ensure_producer()
-        return producer
-
-    async def send(topic: str, key, value: bytes, ts_ms, part):
-        # The topics are still declared above, so Faust creates them at start-up.
-        return await (await started_producer()).send(topic, value, key=key, partition=part, timestamp_ms=ts_ms)
-
-    node_stage = NodeStage(settings, ChangelogTable(node_table, started_producer), send)
-    cluster_stage = ClusterStage(settings, ChangelogTable(cluster_table, started_producer), send)
+    node_stage = NodeStage(settings, ChangelogTable(node_table, send), send)
+    cluster_stage = ClusterStage(settings, ChangelogTable(cluster_table, send), send)
     skipped = SkippedRecords(connection)
     # the worker's /metrics, served by `kpp stream --listen` (streams/cli.py)
     app.self_metrics = metrics = StreamMetrics(samples_topic=topics.samples)
