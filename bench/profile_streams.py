@@ -3,6 +3,12 @@ batches as the agents drive them, no Kafka), and optionally a cProfile summary o
 
     .venv/bin/python bench/profile_streams.py [--nodes 50] [--minutes 30] [--batch 500] [--profile]
     .venv/bin/python bench/profile_streams.py --rss --nodes 5000 --minutes 3
+    .venv/bin/python bench/profile_streams.py --worker [--nodes 50] [--minutes 60]
+
+--worker profiles a real `kpp stream` process instead (cProfile, Faust and aiokafka included)
+against the local broker: the scrapes are published to a fresh topic first, the worker runs
+until its group has committed them all (lag 0 on every topic it reads), then stops; the table
+is the worker's whole run, start-up included (its share is printed).
 
 --rss feeds the scrapes as they are simulated (not held in memory) and prints the memory of
 the process holding the stage's state of every node.
@@ -17,9 +23,14 @@ import argparse
 import asyncio
 import cProfile
 import io
+import os
 import pstats
+import signal
+import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -97,6 +108,62 @@ def rss(nodes: int, minutes: int, batch: int, partitions: int = 1) -> None:
           f"peak (VmHWM) {_status_kib('VmHWM') / 1024:.0f} MiB")
 
 
+def print_top(stats: pstats.Stats, scrapes: int, top: int, key: int = 3) -> None:
+    """The `top` functions by cumulative (key 3) or own (key 2) time, per scrape."""
+    total = stats.total_tt
+    print("\n| function | cumulative % | µs per scrape (cumulative) | own µs per scrape |\n|---|---:|---:|---:|")
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][key], reverse=True)
+    for (file, line, func), (_cc, _nc, tt, ct, _callers) in rows[:top]:
+        name = f"{Path(file).parent.name}/{Path(file).name}:{func}" if line else func
+        print(f"| {name} | {100 * ct / total:.0f} | {ct / scrapes * 1e6:.0f} | {tt / scrapes * 1e6:.0f} |")
+
+
+def profile_worker(nodes: int, minutes: int, top: int, bootstrap: str) -> None:
+    """cProfile of a real `kpp stream` worker over `nodes` x `minutes` scrapes (see the docstring)."""
+    from bench.bench_streams import cpu_seconds, produce, progress
+    from kafka_io.admin import GroupLagReader, TopicSpec, ensure_topics
+    from kafka_io.connection import KafkaConnection
+
+    conn = KafkaConnection(bootstrap=bootstrap)
+    prefix = f"prof{uuid.uuid4().hex[:8]}"
+    settings = StreamSettings(topic_prefix=prefix, partitions=1)
+    records = scrape_records(nodes=nodes, minutes=minutes, version="1.28")
+    total = len(records)
+    ensure_topics(conn, [TopicSpec(settings.topics.samples, 1, {"retention.ms": "-1"})])
+    produce(conn, settings.topics.samples, [(r.key, r.encode(), r.scrape_ts_ms) for r in records])
+    work = tempfile.mkdtemp(prefix="kpp-profile-")
+    out = os.path.join(work, "worker.prof")
+    log = open(os.path.join(work, "worker.log"), "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "cProfile", "-o", out, "-m", "kpp", "stream",
+                             "--kafka-bootstrap", bootstrap, "--topic-prefix", prefix, "--partitions", "1",
+                             "--data-dir", os.path.join(work, "data"), "--idle-timeout", "600"],
+                            cwd=Path(__file__).resolve().parent.parent, stdout=log, stderr=subprocess.STDOUT)
+    topics = [settings.topics.samples, settings.ticks_topic, settings.cluster_partials_topic]
+    with GroupLagReader(conn, f"kpp-streams.{prefix}", topics, client_id="kpp-profile-lag") as reader:
+        started = None
+        deadline = time.monotonic() + 1800
+        while True:
+            done, lag = progress(reader, topics, total)
+            if done and started is None:
+                started = cpu_seconds(proc.pid)  # CPU spent before the first commit: start-up
+            if done >= total and lag == 0:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"the worker exited or did not finish; see {log.name}")
+            time.sleep(0.5)
+    cpu = cpu_seconds(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(120)
+    log.close()
+    stats = pstats.Stats(out)
+    print(f"{total} scrapes of {nodes} nodes through a profiled `kpp stream`: process CPU {cpu:.1f} s "
+          f"(start-up before the first commit {started or 0:.1f} s); profile total {stats.total_tt:.1f} s")
+    print("\nBy cumulative time:")
+    print_top(stats, total, top, key=3)
+    print("\nBy own time:")
+    print_top(stats, total, top, key=2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=50)
@@ -107,7 +174,12 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--rss", action="store_true", help="measure memory instead (see above)")
     parser.add_argument("--partitions", type=int, default=1, help="samples partitions (--rss)")
+    parser.add_argument("--worker", action="store_true", help="profile a real `kpp stream` (see above)")
+    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     args = parser.parse_args()
+    if args.worker:
+        profile_worker(args.nodes, args.minutes, args.top, args.bootstrap)
+        return
     if args.rss:
         rss(args.nodes, args.minutes, args.batch, args.partitions)
         return
@@ -129,15 +201,7 @@ def main() -> None:
         prof.enable()
         run_reference(settings, messages, batch=args.batch)
         prof.disable()
-        out = io.StringIO()
-        stats = pstats.Stats(prof, stream=out)
-        total = stats.total_tt
-        print(f"\n| function | cumulative % | µs per scrape (cumulative) | own µs per scrape |\n|---|---:|---:|---:|")
-        rows = sorted(stats.stats.items(), key=lambda kv: kv[1][3], reverse=True)
-        for (file, line, func), (_cc, _nc, tt, ct, _callers) in rows[: args.top]:
-            name = f"{Path(file).parent.name}/{Path(file).name}:{func}" if line else func
-            print(f"| {name} | {100 * ct / total:.0f} | {ct / len(messages) * 1e6:.0f} | "
-                  f"{tt / len(messages) * 1e6:.0f} |")
+        print_top(pstats.Stats(prof, stream=io.StringIO()), len(messages), args.top)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ import uuid
 from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.admin import KafkaAdminClient, NewTopic
 
+from kafka_io.admin import ensure_topics
 from kafka_io.connection import KafkaConnection
-from contracts.topics import Topics
+from streams.app import topic_specs
+from streams.config import StreamSettings
 from tests.conftest import REPO, free_port
 
 
@@ -23,17 +24,12 @@ def unique_prefix() -> str:
 
 
 def create_topics(kafka: KafkaConnection, prefix: str, partitions: int) -> None:
-    """The input and the stage's own topics, with the partition count the workers expect and
-    unlimited retention: the test data is stamped in 2023, and Kafka's retention check (every
-    5 minutes, 7 days by default) would delete records mid-test."""
-    topics = Topics(prefix)
-    names = [topics.samples, f"{prefix}.cluster-partials", f"{prefix}.stream-ticks", topics.late, topics.dlq,
-             *topics.derived()]
-    admin = KafkaAdminClient(**kafka.kafka_python_kwargs())
-    try:
-        admin.create_topics([NewTopic(n, partitions, 1, topic_configs={"retention.ms": "-1"}) for n in names])
-    finally:
-        admin.close()
+    """The input and the stage's own topics (the worker's own list, streams/app.py's
+    topic_specs), with the partition count the workers expect and unlimited retention: the
+    test data is stamped in 2023, and Kafka's retention check (every 5 minutes, 7 days by
+    default) would delete records mid-test."""
+    settings = StreamSettings(topic_prefix=prefix, partitions=partitions)
+    ensure_topics(kafka, topic_specs(settings, {"retention.ms": "-1"}), client_id="kpp-test-topics")
 
 
 def produce(kafka: KafkaConnection, topic: str, messages: list[tuple[bytes | None, bytes, int | None]],
