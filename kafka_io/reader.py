@@ -22,12 +22,14 @@ topic, refused authorization).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Collection, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Collection, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from contracts.errors import KppError
-from kafka_io.connection import KafkaConnection, is_client_error
+from kafka_io.connection import CLIENT_FAILURES, KafkaConnection, is_client_error
 
 BEGINNING = "beginning"
 END = "end"
@@ -115,6 +117,28 @@ def finished(position: int, stop: int | None) -> bool:
     return stop is not None and position >= stop
 
 
+@contextlib.contextmanager
+def _client_failures_captured() -> Iterator[None]:
+    """aiokafka names a refused login or TLS handshake only in its log records: while a reader
+    opens, CLIENT_FAILURES keeps them (for the one-line error) and they are not printed, unless
+    the process already routes aiokafka's records there itself."""
+    logger = logging.getLogger("aiokafka")
+    if CLIENT_FAILURES in logger.handlers:
+        yield
+        return
+    saved = (logger.level, logger.propagate)
+    logger.addHandler(CLIENT_FAILURES)
+    if not logger.isEnabledFor(logging.DEBUG):
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(CLIENT_FAILURES)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
 class RangeReader:
     """Reads `topics` (all their partitions, or `partitions`) from `start` to `stop`.
 
@@ -151,7 +175,8 @@ class RangeReader:
         --kafka-timeout, else the connection's one-line error."""
         started = time.monotonic()
         try:
-            await asyncio.wait_for(self._open_now(), timeout=self.connection.timeout_s)
+            with _client_failures_captured():
+                await asyncio.wait_for(self._open_now(), timeout=self.connection.timeout_s)
         except KppError:
             await self.close()
             raise

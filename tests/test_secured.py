@@ -400,3 +400,17 @@ def test_range_reader_and_publisher_over_sasl_ssl(secured_kafka: KafkaService) -
         while not reader.done and time.monotonic() < deadline:
             got.extend(reader.read(0.5))
     assert sorted(r.value for r in got) == sorted(b"v%d" % i for i in range(10))
+
+
+def test_range_reader_with_refused_credentials_is_the_one_line_error(secured_kafka: KafkaService) -> None:
+    from kafka_io.connection import KafkaAuthenticationError
+    from kafka_io.reader import SyncRangeReader
+
+    password = secured_kafka.password_file.read_text().strip()
+    bad = KafkaConnection.from_env(secured_kafka.secured_client_env() | {
+        "KAFKA_SASL_PASSWORD_FILE": "", "KAFKA_SASL_PASSWORD": "not-" + password, "KAFKA_TIMEOUT": "10"})
+    started = time.monotonic()
+    with pytest.raises(KafkaAuthenticationError) as refused:
+        SyncRangeReader(bad, "any").open()
+    assert time.monotonic() - started < 10 + 5
+    assert "authentication failed" in str(refused.value) and password not in str(refused.value)
