@@ -258,7 +258,7 @@ class Publisher:
     def _send_batch(self, entries: list[SpoolEntry]) -> bool:
         """Send `entries` in order; ack the spool through the last contiguous success. True
         when every entry was acknowledged (or rejected for good)."""
-        from kafka.errors import MessageSizeTooLargeError
+        from kafka_io.publish import MessageSizeTooLargeError
 
         if not entries:
             return True
@@ -375,7 +375,7 @@ class Publisher:
 
     def _wait(self, future: Any, deadline: float, stalled_since: float) -> Exception | None:
         """None on success, else the failure (an `_Abandoned` when we stop waiting)."""
-        from kafka.errors import KafkaTimeoutError
+        from kafka_io.publish import KafkaTimeoutError
 
         while True:
             limit = deadline
@@ -473,10 +473,10 @@ def _check_compression(compression_type: str | None) -> str:
     name = (compression_type or "none").lower()
     if name not in COMPRESSION_TYPES:
         raise ConfigError(f"compression type {compression_type!r} is not one of {', '.join(COMPRESSION_TYPES)}")
-    from kafka import codec
+    from kafka_io.publish import compression_available
 
-    if name == "lz4" and not codec.has_lz4():
+    if name == "lz4" and not compression_available("lz4"):
         raise ConfigError("lz4 compression needs the lz4 library: pip install 'kube-proxy-pipeline[lz4]'")
-    if name == "zstd" and not codec.has_zstd():
+    if name == "zstd" and not compression_available("zstd"):
         raise ConfigError("zstd compression needs the zstandard library: pip install 'kube-proxy-pipeline[zstd]'")
     return name

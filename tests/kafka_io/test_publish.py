@@ -40,3 +40,27 @@ def test_keyed_records_land_on_the_partition_partition_for_names(kafka: KafkaCon
         producer.close(10)
     assert landed == {key: partition_for(key, 5) for key in keys}
     assert len(set(landed.values())) > 1  # the keys spread: the check says something
+
+
+def test_the_producers_exceptions_and_compression_check_are_kafka_pythons() -> None:
+    import kafka.codec
+    import kafka.errors
+
+    import kafka_io.publish as publish
+
+    assert publish.MessageSizeTooLargeError is kafka.errors.MessageSizeTooLargeError
+    assert publish.KafkaTimeoutError is kafka.errors.KafkaTimeoutError
+    with pytest.raises(AttributeError):
+        publish.NoSuchError  # noqa: B018
+    assert publish.compression_available("lz4") == kafka.codec.has_lz4()
+    assert publish.compression_available("zstd") == kafka.codec.has_zstd()
+    assert publish.compression_available("gzip") and publish.compression_available("none")
+
+
+def test_importing_the_publisher_module_loads_no_client() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, kafka_io.publish; print(sorted(m for m in ('kafka', 'aiokafka') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
