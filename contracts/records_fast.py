@@ -75,13 +75,16 @@ def _fast(obj) -> ScrapeRecord | None:
         if sample_ts is not None and type(sample_ts) is not int:
             return None
         kind = type(value)
+        if kind is float:  # the common case: the row holds the Sample's four fields as they are
+            append(_new_sample(Sample, row))
+            continue
         if kind is int:
             value = float(value)
         elif kind is str:
             value = special.get(value)
             if value is None:
                 return None
-        elif kind is not float:
+        else:
             return None
         append(_new_sample(Sample, (name, sample_labels, value, sample_ts)))
     return ScrapeRecord(node=node, cluster=cluster, target=target, scrape_ts_ms=ts, up=up,

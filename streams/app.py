@@ -12,6 +12,7 @@ from kafka_io.connection import KafkaConnection
 from kafka_io.admin import TopicSpec
 from kafka_io.admin import ensure_topics as ensure_pipeline_topics
 from streams.config import StreamSettings
+from streams.faust_adapter import KeyPartitioner
 
 
 TABLES = ("node-state", "cluster-state")  # the changelog-backed tables agents.py declares
@@ -71,6 +72,7 @@ def create_app(settings: StreamSettings, connection: KafkaConnection) -> faust.A
         broker_heartbeat_interval=3.0,
         broker_commit_interval=2.0,
         producer_linger_ms=5,
+        producer_partitioner=KeyPartitioner(),  # Kafka's default, each key's hash remembered
         # node states are ~10 KB: with the default 16 KiB batches every changelog write is a
         # request of its own
         producer_max_batch_size=1 << 20,

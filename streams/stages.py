@@ -188,8 +188,17 @@ async def write_table(table: MutableMapping, writes: list[tuple[int | None, str,
             table.pop(key, None)
         else:
             table[key] = raw
-    if pending:
-        await asyncio.gather(*pending)
+    await all_delivered(pending)
+
+
+async def all_delivered(pending: list[Awaitable[Any]]) -> None:
+    """Wait for every delivery of `pending`, in order; the first failure raises. Kafka settles
+    a partition's records a produce batch at a time, so once the first future of a batch is
+    done the rest are too and awaiting them costs nothing: this task wakes about once per
+    batch, where asyncio.gather schedules a callback for every future (a batch of scrapes sends
+    thousands of records)."""
+    for delivery in pending:
+        await delivery
 
 
 def dead_letter(reason: str, topic: str, partition_: int, offset: int, key: bytes | None, value: Any, *,
@@ -239,7 +248,7 @@ class Outbox:
     async def delivered(self) -> None:
         if self.pending:
             pending, self.pending = self.pending, []
-            await asyncio.gather(*pending)
+            await all_delivered(pending)
 
 
 def encoded_records(records: list[DerivedRecord], topics) -> list[tuple]:

@@ -77,3 +77,29 @@ def test_producer_send_hands_aiokafka_exactly_what_the_stage_sends(tmp_path) -> 
     assert delivered[-1] == ("delivered", "log", 0)
     # integer milliseconds survive Faust's seconds-based timestamp unchanged
     assert aiokafka.sent == [("out", b"k", b"v", 1, ts, None) for ts in stamps] + [("log", b"k2", None, 0, None, None)]
+
+
+def test_key_partitioner_equals_aiokafkas_default_partitioner() -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from streams.faust_adapter import KeyPartitioner
+
+    ours, theirs = KeyPartitioner(max_keys=50), DefaultPartitioner()
+    rng = random.Random(3)
+    keys = [rng.randbytes(rng.randrange(0, 40)) for _ in range(300)] + [b"node-1", "nöde".encode()]
+    for count in (1, 2, 3, 7, 12):
+        partitions = list(range(count))
+        for key in keys + keys:  # the second time from the remembered hashes
+            assert ours(key, partitions, partitions) == theirs(key, partitions, partitions), (key, count)
+    assert len(ours.hashes) <= 50  # bounded
+    assert ours(None, [0, 1, 2], [2]) == 2  # no key: an available partition, like aiokafka's
+
+
+def test_the_worker_app_partitions_with_the_key_partitioner(tmp_path) -> None:
+    from kafka_io.connection import KafkaConnection
+    from streams.app import create_app
+    from streams.config import StreamSettings
+    from streams.faust_adapter import KeyPartitioner
+
+    app = create_app(StreamSettings(topic_prefix="kp", data_dir=str(tmp_path)), KafkaConnection(bootstrap="127.0.0.1:1"))
+    assert isinstance(app.conf.producer_partitioner, KeyPartitioner)
