@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Collection, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from contracts.errors import KppError
-from kafka_io.connection import CLIENT_FAILURES, KafkaConnection, is_client_error
+from kafka_io.connection import CLIENT_FAILURES, KafkaConnection, capture_client_failures, is_client_error
 
 BEGINNING = "beginning"
 END = "end"
@@ -115,6 +115,13 @@ def finished(position: int, stop: int | None) -> bool:
     """A partition whose next offset to read is `position` is finished (the records between a
     batch's last offset and `stop` can be transaction markers or compacted away)."""
     return stop is not None and position >= stop
+
+
+def quiet_reader_logs(args: Any = None) -> None:
+    """For a command that reads with a RangeReader: aiokafka logs every failed reconnect at
+    ERROR (tens of lines a second while the broker is away); its records are kept back like
+    kafka-python's (kafka_io.connection.capture_client_failures), shown in DEBUG runs."""
+    capture_client_failures("aiokafka", show_below_critical=getattr(args, "log_level", None) == "DEBUG")
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from kafka_io.connection import (KafkaAuthenticationError, KafkaConnection, Kafk
                                  KafkaUnavailableError)
 from contracts.records import ScrapeRecord
 from contracts.topics import Topics
+from kafka_io.reader import quiet_reader_logs
 from stack.settings import StackSettings
 
 
@@ -159,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     stack = StackSettings.from_env()
     connection = KafkaConnection.from_sources(args, os.environ | {"KAFKA_BOOTSTRAP": stack.kafka_bootstrap})
     vm_url = stack.vm_url
+    quiet_reader_logs(args)
     try:  # before any child starts: nothing to clean up when Kafka is not there
         connection.check()
     except KafkaAuthenticationError:

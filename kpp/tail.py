@@ -13,7 +13,7 @@ from contracts.codec import DecodeError, dumps
 from contracts.derived import KINDS, DerivedRecord
 from contracts.errors import ConfigError
 from kafka_io.connection import KafkaConnection
-from kafka_io.reader import BEGINNING, END, FOLLOW, At, Start, SyncRangeReader
+from kafka_io.reader import BEGINNING, END, FOLLOW, At, Start, SyncRangeReader, quiet_reader_logs
 from runtime.terminal import excerpt, printable
 from contracts.topics import DEFAULT_PREFIX, Topics
 
@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     topic = resolve_topic(args.topic, topics)
     fmt = args.format or ("table" if sys.stdout.isatty() else "json")
     start = start_of(args)  # a bad --since is refused before Kafka is asked anything
+    quiet_reader_logs(args)
     connection.check(topics=[topic])  # unreachable, refused, missing topic: one line within --kafka-timeout
     with SyncRangeReader(connection, topic, start=start, stop=FOLLOW, client_id="kpp-tail") as reader:
         return follow(reader, args, fmt)

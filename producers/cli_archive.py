@@ -11,6 +11,7 @@ import sys
 import threading
 
 from kafka_io.connection import KafkaConnection
+from kafka_io.reader import quiet_reader_logs
 from runtime.options import Option, add_command, byte_size, positive_float, resolve_command
 from contracts.topics import DEFAULT_PREFIX, Topics
 from producers.importer import DEFAULT_MAX_LINE_BYTES
@@ -109,6 +110,7 @@ def run_archive(args: argparse.Namespace) -> int:
     values = resolve_command(ARCHIVE_OPTIONS, args)
     connection = KafkaConnection.from_sources(args)
     topics = Topics(values["topic_prefix"])
+    quiet_reader_logs(args)
     connection.check(topics=[topics.samples])  # unreachable, refused, missing topic: one line, exit 3/4
     archiver = Archiver(connection, topics.samples, values["dir"],
                         group_id=values["group"] or f"kpp-archive.{values['topic_prefix']}",

@@ -13,6 +13,7 @@ from typing import IO
 
 from contracts.errors import ConfigError
 from kafka_io.connection import KafkaConnection
+from kafka_io.reader import quiet_reader_logs
 from runtime.options import add_to
 from streams.replay import ReplayStats, out_prefix
 
@@ -168,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
     warmup_s = args.warmup if args.warmup is not None else (max(settings.node_gone_after_s, settings.slo_window_s)
                                                                + max(settings.window_sizes_s))
     target = out_prefix(settings.topic_prefix, args.namespace)
+    quiet_reader_logs(args)
     connection.check(topics=[settings.topics.samples])  # one line within --kafka-timeout, not a 30 s stall
     print(f"kpp replay: {settings.topics.samples} windows in [{_iso(from_ms)}, {_iso(to_ms)}] "
           f"(warm-up {warmup_s:g} s) → {target}.{{rates,quantiles,gauges,health,slo}}"

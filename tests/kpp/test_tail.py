@@ -204,3 +204,42 @@ def test_where_reading_starts() -> None:
     assert start_of(args()) == END  # only what comes next
     assert start_of(args(from_beginning=True)) == BEGINNING
     assert start_of(args(since="2026-01-02T03:04:05Z")) == At(1767323045000)
+
+
+@pytest.mark.integration
+def test_a_broker_outage_does_not_flood_the_terminal(private_kafka, tmp_path) -> None:
+    """aiokafka logs every failed reconnect at ERROR (tens of lines a second): `kpp tail` keeps
+    them back, keeps running through the outage, and shows what comes after it."""
+    from kafka_io.admin import TopicSpec, ensure_topics
+    from kafka_io.publish import kafka_python_producer
+    from tests.conftest import wait_until
+
+    connection = KafkaConnection(bootstrap=private_kafka.address)
+    ensure_topics(connection, [TopicSpec("outage.rates", 2)])
+    stdout, stderr = tmp_path / "out", tmp_path / "err"
+    with open(stdout, "w") as out, open(stderr, "w") as err:
+        proc = subprocess.Popen(KPP + ["tail", "rates", "--topic-prefix", "outage", "--kafka-bootstrap",
+                                       private_kafka.address, "--format", "json", "--from-beginning"],
+                                stdout=out, stderr=err)
+    try:
+        def publish(r: DerivedRecord) -> None:
+            producer = kafka_python_producer(connection, client_id="kpp-test-outage", acks="all")
+            producer.send("outage.rates", key=r.key, value=r.encode()).get(30)
+            producer.close(10)
+
+        first, second = record("node-000", 60_000, 0.1), record("node-001", 120_000, 0.2)
+        publish(first)  # shown once tail reads
+        assert wait_until(lambda: stdout.read_text().count("\n") >= 1, 60), stderr.read_text()
+        private_kafka.down()
+        # while the broker is away (its reconnects fail several times a second): nothing printed
+        assert not wait_until(lambda: stderr.read_text().strip(), 5), stderr.read_text()
+        assert proc.poll() is None
+        private_kafka.up()
+        publish(second)
+        assert wait_until(lambda: stdout.read_text().count("\n") >= 2, 90), stderr.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    shown = [DerivedRecord.from_json(loads(line)) for line in stdout.read_text().splitlines()]
+    assert shown == [first, second]
+    assert stderr.read_text().strip() == ""
