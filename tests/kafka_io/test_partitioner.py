@@ -60,15 +60,21 @@ def test_known_java_values() -> None:
         assert murmur2(data) == signed & 0xFFFFFFFF, data
 
 
-def test_fausts_producer_keeps_the_default_partitioner() -> None:
-    """The stream stage's Faust app sets no producer_partitioner, so its producer uses aiokafka's
-    DefaultPartitioner: the one compared above."""
+def test_equal_to_the_stream_stages_faust_producer() -> None:
+    """The partitioner the stream stage's Faust app gives its producer (aiokafka's
+    DefaultPartitioner when the app sets none) sends every key where partition_for says."""
     from kafka_io.connection import KafkaConnection
     from streams.app import create_app
     from streams.config import StreamSettings
 
     app = create_app(StreamSettings(), KafkaConnection())
-    assert app.conf.producer_partitioner is None
+    partitioner = app.conf.producer_partitioner or AiokafkaPartitioner()
+    rng = random.Random(15)
+    for key in random_keys(2000, seed=3):
+        partitions = rng.randrange(1, 129)
+        everyone = list(range(partitions))
+        for _ in range(2):  # twice: a partitioner that remembers hashes answers the same
+            assert partitioner(key, everyone, everyone) == partition_for(key, partitions), (key, partitions)
 
 
 def test_no_partitions_is_refused() -> None:
