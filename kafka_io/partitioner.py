@@ -1,7 +1,8 @@
 """The key -> partition function of the pipeline: Kafka's default partitioner for a keyed
 record (murmur2 of the key bytes, made positive, modulo the partition count), as the Java
-client, kafka-python and aiokafka compute it, and so as Faust's producer (aiokafka's
-DefaultPartitioner, unless an app sets `producer_partitioner`, which ours does not).
+client, kafka-python and aiokafka compute it, and so as Faust's producer (the stream stage
+sets `producer_partitioner` to streams/faust_adapter.py's KeyPartitioner: this function with
+each key's hash remembered).
 
 Co-partitioning rests on it: the producers and the stream workers must send a node's records
 to the same partition number in every topic, and replay must route the cluster stage's
