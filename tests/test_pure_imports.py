@@ -18,6 +18,7 @@ PURE_MODULES = (
     "streams.windows", "streams.deltas", "streams.quantiles", "streams.aggregators",
     "producers.parser", "sinks.encode",
     "contracts.codec", "contracts.records", "contracts.derived", "contracts.dlq", "contracts.topics",
+    "contracts.late", "contracts.records_fast", "contracts.derived_fast", "kafka_io.partitioner",
     # the connection settings and option resolution: importing them must not load (and, as
     # it once did, patch) a client
     "kafka_io.connection", "runtime.options",
