@@ -32,6 +32,7 @@ import httpx
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
+import kafka_io.admin
 from kafka_io.connection import KafkaConnection
 from contracts.records import ScrapeRecord
 from producers.node import NodeSettings, build_record
@@ -298,19 +299,7 @@ def read_all(connection: KafkaConnection, topic: str, timeout: float = 60) -> li
 
 def group_lag(connection: KafkaConnection, group: str, topics: list[str]) -> int:
     """Records of `topics` the consumer group has not committed yet."""
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(**connection.kafka_python_kwargs())
-    consumer = KafkaConsumer(**connection.kafka_python_kwargs(), group_id=None)
-    try:
-        committed = {(tp.topic, tp.partition): m.offset for tp, m in
-                     admin.list_group_offsets({group: None}).get(group, {}).items()}
-        tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
-        ends = consumer.end_offsets(tps)
-        return sum(max(0, end - max(0, committed.get((tp.topic, tp.partition), 0))) for tp, end in ends.items())
-    finally:
-        consumer.close()
-        admin.close()
+    return sum(kafka_io.admin.group_lag(connection, group, topics).values())
 
 
 # -- derived series ----------------------------------------------------------------------

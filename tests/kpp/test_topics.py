@@ -10,10 +10,10 @@ import uuid
 
 import pytest
 from kafka import KafkaAdminClient
-from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from kafka_io.connection import KafkaConnection
-from kafka_io.admin import TopicSpec, mismatch_message, plan_topics
+from kafka_io.admin import TopicSpec, ensure_topics, mismatch_message, plan_topics
 from streams.app import owned_topics, topic_specs
 from streams.config import StreamSettings
 
@@ -108,11 +108,7 @@ def test_ensure_creates_every_topic_then_is_a_no_op(kafka: KafkaConnection) -> N
 @pytest.mark.integration
 def test_ensure_refuses_a_mismatched_partition_count_in_one_line(kafka: KafkaConnection) -> None:
     prefix = f"ensure{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(**kafka.kafka_python_kwargs())
-    try:
-        admin.create_topics([NewTopic(f"{prefix}.samples", 2, 1)])
-    finally:
-        admin.close()
+    ensure_topics(kafka, [TopicSpec(f"{prefix}.samples", 2)])
     result = kpp("topics", "ensure", "--topic-prefix", prefix, "--partitions", "4",
                  "--kafka-bootstrap", kafka.bootstrap)
     assert result.returncode == 2, result.stderr

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kafka.admin import KafkaAdminClient, NewTopic
 
+from kafka_io.admin import TopicSpec, ensure_topics
 from kafka_io.connection import KafkaConnection
 from contracts.records import ScrapeRecord
 from tests.conftest import FIXTURES, consume, free_port, wait_until
@@ -252,11 +252,7 @@ def test_a_scrape_too_large_for_kafka_is_published_as_up0_too_large(target, kafk
 def test_a_record_the_broker_refuses_is_replaced_by_an_up0_too_large_record(target, kafka, tmp_path) -> None:
     """The topic takes at most 4,000 bytes; an uncompressed scrape record is ~13 kB."""
     topic = prefix()
-    admin = KafkaAdminClient(**kafka.kafka_python_kwargs())
-    try:
-        admin.create_topics([NewTopic(f"{topic}.samples", 1, 1, topic_configs={"max.message.bytes": "4000"})])
-    finally:
-        admin.close()
+    ensure_topics(kafka, [TopicSpec(f"{topic}.samples", 1, config={"max.message.bytes": "4000"})])
     good = url(target, "/good")
     proc = produce(kafka, tmp_path, topic, "--once", "--compression", "none", "--target", good, "--listen", "")
     assert proc.wait(timeout=60) == 0, (tmp_path / "produce.log").read_text()

@@ -8,9 +8,8 @@ import sys
 import uuid
 
 import pytest
-from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
 
+from kafka_io.admin import TopicSpec, ensure_topics
 from kafka_io.connection import KafkaConnection
 
 pytestmark = pytest.mark.integration
@@ -20,11 +19,7 @@ pytestmark = pytest.mark.integration
 def test_partition_mismatch_is_one_clear_error(kafka: KafkaConnection, tmp_path, stale: str) -> None:
     prefix = f"mismatch{uuid.uuid4().hex[:8]}"
     name = f"{prefix}.samples" if stale == "samples" else f"kpp-streams.{prefix}-node-state-changelog"
-    admin = KafkaAdminClient(**kafka.kafka_python_kwargs())
-    try:
-        admin.create_topics([NewTopic(name, 3, 1)])
-    finally:
-        admin.close()
+    ensure_topics(kafka, [TopicSpec(name, 3)])
     result = subprocess.run(
         [sys.executable, "-m", "kpp", "stream", "--partitions", "2", "--topic-prefix", prefix,
          "--kafka-bootstrap", kafka.bootstrap, "--data-dir", str(tmp_path)],
