@@ -1,5 +1,7 @@
-"""Creating the pipeline's Kafka topics: one implementation for every stage and tool that
-creates topics (`kpp topics ensure`, `kpp stream` at start-up, `kpp replay`, `kpp import`).
+"""The pipeline's Kafka topics and groups, administered: one implementation for every stage
+and tool that creates topics (`kpp topics ensure`, `kpp stream` at start-up, `kpp replay`,
+`kpp import`), describes them (`kpp topics describe`), deletes them, or reads a consumer
+group's lag.
 
 A caller describes the topics it needs as `TopicSpec`s; `ensure_topics` creates the missing
 ones (partitions, replication factor, configuration such as `retention.ms`) and leaves
@@ -13,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from contracts.errors import ConfigError, KppError
 from kafka_io.connection import KafkaConnection, KafkaUnavailableError
@@ -150,6 +153,79 @@ def _partition_counts(admin, names: Sequence[str]) -> dict[str, int]:  # noqa: A
         if name and partitions:
             counts[name] = len(partitions)
     return counts
+
+
+@dataclass(frozen=True)
+class TopicDescription:
+    name: str
+    partitions: int
+    config: Mapping[str, str]  # the keys asked for, as the broker applies them (its defaults included)
+
+
+DESCRIBED_CONFIG = ("retention.ms", "cleanup.policy", "max.message.bytes")
+
+
+def describe_topics(connection: KafkaConnection, names: Sequence[str], *,
+                    config_keys: Sequence[str] = DESCRIBED_CONFIG,
+                    client_id: str = "kpp-topics") -> dict[str, TopicDescription]:
+    """What the broker says of each topic of `names` that exists: its partition count and the
+    values of `config_keys`. A missing topic is absent from the result."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+    from kafka.errors import KafkaError
+
+    with _admin(connection, client_id) as admin:
+        try:
+            counts = _partition_counts(admin, names)
+            configs: dict[str, dict[str, str]] = {name: {} for name in counts}
+            if counts:
+                responses = admin.describe_configs(
+                    [ConfigResource(ConfigResourceType.TOPIC, name, configs=list(config_keys)) for name in counts],
+                    config_filter="all")  # kafka-python 3 reports only values set on the topic by default
+                for response in responses if isinstance(responses, list) else [responses]:
+                    for name, values in response["topic"].items():
+                        configs.setdefault(name, {}).update(
+                            {key: str(entry["value"]) for key, entry in values.items() if key in config_keys})
+        except KafkaError as exc:
+            raise TopicSetupError(f"Kafka at {connection.describe()} refused to describe topics: "
+                                  f"{connection.explain(exc)}") from None
+    return {name: TopicDescription(name, counts[name], configs.get(name, {})) for name in sorted(counts)}
+
+
+def delete_topics(connection: KafkaConnection, names: Sequence[str], *,
+                  client_id: str = "kpp-topics") -> tuple[str, ...]:
+    """Delete the topics of `names` that exist (their records are gone for good); returns the
+    names deleted. A missing topic is not an error: deleting twice is a no-op."""
+    from kafka.errors import KafkaError, UnknownTopicOrPartitionError
+
+    with _admin(connection, client_id) as admin:
+        try:
+            existing = sorted(set(names) & set(admin.list_topics()))
+            deleted: list[str] = []
+            for name in existing:  # one request per topic: "unknown topic" is then about that one
+                try:
+                    admin.delete_topics([name])
+                    deleted.append(name)
+                except UnknownTopicOrPartitionError:
+                    pass  # deleted meanwhile by someone else
+        except KafkaError as exc:
+            raise TopicSetupError(f"Kafka at {connection.describe()} refused to delete topics: "
+                                  f"{connection.explain(exc)}") from None
+    return tuple(deleted)
+
+
+@contextmanager
+def _admin(connection: KafkaConnection, client_id: str) -> Iterator[Any]:
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(**connection.kafka_python_kwargs(), client_id=client_id)
+    except (KafkaError, OSError) as exc:
+        raise KafkaUnavailableError(f"Kafka at {connection.describe()}: {connection.explain(exc)}") from None
+    try:
+        yield admin
+    finally:
+        admin.close()
 
 
 # -- consumer group lag ------------------------------------------------------------------

@@ -122,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Whoever read our output went away (`kpp topics describe | head -1`): not an error of
+        # ours. Point stdout at /dev/null so the flush at exit does not fail again, and exit as
+        # a process killed by SIGPIPE would (128 + 13), as shell pipelines expect.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:  # a bug: say so in one line; the traceback is for --log-level DEBUG
         logging.getLogger("kpp").debug("internal error", exc_info=True)
         kafka_failure = _kafka_failure(args, exc)

@@ -4,6 +4,7 @@ nothing, against the real broker."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -13,9 +14,11 @@ from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from kafka_io.connection import KafkaConnection
-from kafka_io.admin import TopicSpec, ensure_topics, mismatch_message, plan_topics
+from kafka_io.admin import TopicDescription, TopicSpec, delete_topics, describe_topics, ensure_topics, mismatch_message, plan_topics
+from kpp.topics import describe_lines
 from streams.app import owned_topics, topic_specs
 from streams.config import StreamSettings
+from tests.conftest import wait_until
 
 
 # -- the plan (pure) -------------------------------------------------------------------------------
@@ -114,6 +117,83 @@ def test_ensure_refuses_a_mismatched_partition_count_in_one_line(kafka: KafkaCon
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [f"kpp topics: error: {mismatch_message(f'{prefix}.samples', 2, 4)}"]
+
+
+def test_describe_lines_mark_missing_and_refused_counts() -> None:
+    specs = [TopicSpec("p.samples", 4, same_partitions=True), TopicSpec("p.rates", 4),
+             TopicSpec("p-changelog", 4, create=False, same_partitions=True), TopicSpec("p.dlq", 4)]
+    described = {"p.samples": TopicDescription("p.samples", 4, {"retention.ms": "-1"}),
+                 "p.rates": TopicDescription("p.rates", 2, {})}
+    lines, complete = describe_lines(specs, described)
+    assert lines == ["p.samples  4 partitions  retention.ms=-1",
+                     "p.rates    2 partitions  (not 4: kept, not co-partitioned)",
+                     "p.dlq      missing",
+                     "2 present, 1 missing"]
+    assert not complete  # p.dlq is missing
+    described["p.dlq"] = TopicDescription("p.dlq", 4, {})
+    assert describe_lines(specs, described)[1]  # a differing count of a free topic is fine
+    described["p-changelog"] = TopicDescription("p-changelog", 3, {})
+    lines, complete = describe_lines(specs, described)
+    assert "p-changelog  3 partitions  (not 4: refused by the stream)" in lines and not complete
+
+
+@pytest.mark.integration
+def test_describe_and_delete_against_the_broker(kafka: KafkaConnection) -> None:
+    prefix = f"describe{uuid.uuid4().hex[:8]}"
+    names = [f"{prefix}.a", f"{prefix}.b"]
+    ensure_topics(kafka, [TopicSpec(names[0], 2, config={"retention.ms": "3600000"}), TopicSpec(names[1], 1)])
+    described = describe_topics(kafka, [*names, f"{prefix}.missing"])
+    assert sorted(described) == names  # the missing one is absent, not created
+    partitions, retention = describe(kafka, names)  # kafka-python's own answer, as the oracle
+    assert {n: d.partitions for n, d in described.items()} == partitions == {names[0]: 2, names[1]: 1}
+    assert retention == {names[0]: "3600000"}  # kafka-python reports values set on the topic only
+    # ours reports what applies: the value set, else the broker's default (log.retention.hours=168)
+    assert {n: d.config["retention.ms"] for n, d in described.items()} == {names[0]: "3600000",
+                                                                          names[1]: str(168 * 3_600_000)}
+
+    assert delete_topics(kafka, [names[0], f"{prefix}.missing"]) == (names[0],)
+    assert wait_until(lambda: sorted(describe_topics(kafka, names)) == [names[1]], timeout=30)
+    assert delete_topics(kafka, [names[0]]) == ()  # deleting twice is a no-op
+    delete_topics(kafka, names)
+
+
+@pytest.mark.integration
+def test_describe_command_exit_0_when_complete_1_when_not(kafka: KafkaConnection) -> None:
+    prefix = f"describe{uuid.uuid4().hex[:8]}"
+    args = ("--topic-prefix", prefix, "--partitions", "2", "--kafka-bootstrap", kafka.bootstrap)
+    before = kpp("topics", "describe", *args)
+    assert before.returncode == 1, before.stderr
+    assert f"{prefix}.samples" in before.stdout and "missing" in before.stdout
+    assert kpp("topics", "ensure", *args, "--retention", "1d").returncode == 0
+    after = kpp("topics", "describe", *args)
+    assert after.returncode == 0, after.stdout + after.stderr
+    settings = StreamSettings(topic_prefix=prefix, partitions=2)
+    for name in owned_topics(settings):
+        assert f"2 partitions  cleanup.policy=delete  max.message.bytes=" in after.stdout
+        assert any(line.startswith(name + " ") and "retention.ms=86400000" in line
+                   for line in after.stdout.splitlines()), name
+    assert f"{len(owned_topics(settings))} present, 0 missing" in after.stdout
+
+
+@pytest.mark.integration
+def test_output_to_a_closed_pipe_ends_quietly(kafka: KafkaConnection) -> None:
+    """`kpp topics describe | head -1`: the reader is gone before we write; no internal error."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "kpp", "topics", "describe", "--kafka-bootstrap",
+                                 kafka.bootstrap], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141, result.stderr
+    assert result.stderr == ""
+
+
+def test_describe_without_a_broker_is_one_line_and_exit_3() -> None:
+    result = kpp("topics", "describe", "--kafka-bootstrap", "127.0.0.1:1", "--kafka-timeout", "3")
+    assert result.returncode == 3, result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
+    assert "127.0.0.1:1" in result.stderr
 
 
 @pytest.mark.integration
