@@ -10,14 +10,13 @@ import asyncio
 import random
 from collections import defaultdict
 
-from kafka.partitioner.default import murmur2
-
+from kafka_io.partitioner import partition_for
 from streams.config import StreamSettings
 from streams.stages import ClusterStage, NodeStage
 
 
 def partition_of(key: bytes, partitions: int) -> int:
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return partition_for(key, partitions)
 
 
 class FakeClock:
