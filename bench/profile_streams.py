@@ -10,8 +10,9 @@ against the local broker: the scrapes are published to a fresh topic first, the 
 until its group has committed them all (lag 0 on every topic it reads), then stops; the table
 is the worker's whole run, start-up included (its share is printed).
 
---rss feeds the scrapes as they are simulated (not held in memory) and prints the memory of
-the process holding the stage's state of every node.
+--rss feeds the scrapes as they are simulated (in a child process, not held in memory) and
+prints the memory of the process holding the stage's state of every node, split into what the
+C heap holds free (glibc) and pymalloc's arenas.
 
 The input is the benchmark's (bench/bench_streams.py): simulated 1.28 scrapes, ~154 selected
 samples each. Not a test.
@@ -22,16 +23,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import ctypes
+import ctypes.util
+import gc
 import io
 import os
 import pstats
+import re
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -50,17 +57,81 @@ def _status_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
 
 
-def rss(nodes: int, minutes: int, batch: int, partitions: int = 1) -> None:
-    """Memory of a process whose stages hold `nodes` nodes (dict tables, as the worker's
-    in-memory Faust tables hold them): scrapes simulated and fed one interval at a time."""
-    settings = StreamSettings(topic_prefix="p", partitions=partitions)
+FRAME = struct.Struct("<II")  # key length, value length; then the key and the value
+
+
+def emit_scrapes(nodes: int, minutes: int, out: BinaryIO) -> None:
+    """Write the encoded scrapes of `nodes` x `minutes`, interval by interval, as FRAMEs to
+    `out` (run in a child process by `rss`: the simulator's model of every node, and the
+    objects it renews each interval, are not the worker's memory)."""
     sim = Cluster(nodes=nodes, seed=7, version="1.28", start=float(START_S))
     selector = Selector()
+    for i in range(1, minutes * 4 + 1):
+        at = START_S + i * 15
+        for name in sim.node_names:
+            body = sim.render(name, at=float(at))
+            outcome = ScrapeOutcome(body=body, duration_s=0.01, body_bytes=len(body), reason="ok")
+            record, _ = build_record(NodeSettings(node=name, cluster="sim"), f"http://{name}:10249/metrics",
+                                     at * 1000, outcome, selector)
+            key, value = record.key or b"", record.encode()
+            out.write(FRAME.pack(len(key), len(value)) + key + value)
+    out.flush()
+
+
+def read_frames(stream: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
+    while header := stream.read(FRAME.size):
+        key_len, value_len = FRAME.unpack(header)
+        yield stream.read(key_len), stream.read(value_len)
+
+
+def heap_free_kib() -> tuple[int, int] | None:
+    """(bytes the C heap holds free, bytes in use) in KiB from glibc's mallinfo2; None elsewhere."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                     "fordblks", "keepcost")]
+
+    mallinfo2.restype = MallInfo2
+    info = mallinfo2()
+    return info.fordblks // 1024, (info.uordblks + info.hblkhd) // 1024
+
+
+def pymalloc_kib() -> tuple[int, int]:
+    """(KiB of pymalloc arenas, KiB of their pools that hold no object) from sys._debugmallocstats."""
+    err = tempfile.TemporaryFile()
+    saved = os.dup(2)
+    os.dup2(err.fileno(), 2)
+    try:
+        sys._debugmallocstats()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    err.seek(0)
+    text = err.read().decode()
+    arenas = int(re.search(r"arenas \* \d+ bytes/arena\s+=\s+([\d,]+)", text).group(1).replace(",", ""))
+    unused = int(re.search(r"unused pools \* \d+ bytes\s+=\s+([\d,]+)", text).group(1).replace(",", ""))
+    return arenas // 1024, unused // 1024
+
+
+def rss(nodes: int, minutes: int, batch: int, partitions: int = 1) -> None:
+    """Memory of a process whose stages hold `nodes` nodes (dict tables, as the worker's
+    in-memory Faust tables hold them), fed one interval at a time by a child process that
+    simulates the scrapes (see emit_scrapes)."""
+    settings = StreamSettings(topic_prefix="p", partitions=partitions)
     node_table: dict = {}
     cluster_table: dict = {}
     partials: dict = {0: []}
     sent = [0]
+    gc.collect()
     before = _status_kib("VmRSS")
+    child = subprocess.Popen([sys.executable, __file__, "--emit-scrapes", "--nodes", str(nodes),
+                              "--minutes", str(minutes)], stdout=subprocess.PIPE)
 
     async def send(topic, key, value, ts_ms, part):
         # like a Kafka producer, which copies what it sends: only the cluster partials are kept
@@ -77,35 +148,39 @@ def rss(nodes: int, minutes: int, batch: int, partitions: int = 1) -> None:
         cluster = ClusterStage(settings, cluster_table, send)
         offset = cluster_offset = 0
         offsets = dict.fromkeys(range(partitions), 0)
-        for i in range(1, minutes * 4 + 1):
-            at = START_S + i * 15
-            for name in sim.node_names:
-                body = sim.render(name, at=float(at))
-                outcome = ScrapeOutcome(body=body, duration_s=0.01, body_bytes=len(body), reason="ok")
-                record, _ = build_record(NodeSettings(node=name, cluster="sim"), f"http://{name}:10249/metrics",
-                                         at * 1000, outcome, selector)
-                part = partition_of(record.key, partitions)
-                await node.sample(part, offsets[part], record.key, record.encode())
-                offsets[part] += 1
-                offset += 1
-                if offset % batch == 0:
-                    await node.flush()
-                    for _key, value in partials[0]:
-                        await cluster.message(0, cluster_offset, _key, value)  # one partials partition
-                        cluster_offset += 1
-                    partials[0].clear()
-                    await cluster.flush()
+        for key, value in read_frames(child.stdout):
+            part = partition_of(key, partitions)
+            await node.sample(part, offsets[part], key, value)
+            offsets[part] += 1
+            offset += 1
+            if offset % batch == 0:
+                await node.flush()
+                for _key, value in partials[0]:
+                    await cluster.message(0, cluster_offset, _key, value)  # one partials partition
+                    cluster_offset += 1
+                partials[0].clear()
+                await cluster.flush()
         await node.flush()
         return offset
 
     scrapes = asyncio.run(run())
+    if child.wait() != 0:
+        sys.exit(f"the scrape simulator exited with {child.returncode}")
+    gc.collect()
+    now = _status_kib("VmRSS")
     states = [v for k, v in node_table.items() if k.startswith("node:")]
     state_bytes = sum(len(v) for v in states)
     print(f"{scrapes} scrapes of {nodes} nodes fed; node states held: {len(states)} "
           f"({state_bytes / 1e6:.1f} MB encoded, {state_bytes / max(1, len(states)) / 1e3:.1f} kB each); "
           f"cluster table {sum(len(v) for v in cluster_table.values()) / 1e6:.1f} MB")
-    print(f"RSS before the stages: {before / 1024:.0f} MiB; now {_status_kib('VmRSS') / 1024:.0f} MiB; "
+    print(f"RSS before the stages: {before / 1024:.0f} MiB; now {now / 1024:.0f} MiB "
+          f"({(now - before) * 1024 / max(1, nodes) / 1e3:.0f} kB per node); "
           f"peak (VmHWM) {_status_kib('VmHWM') / 1024:.0f} MiB")
+    heap = heap_free_kib()
+    arenas, unused = pymalloc_kib()
+    print(f"of which: C heap free (held, not returned) {heap[0] / 1024:.0f} MiB, in use {heap[1] / 1024:.0f} MiB; "
+          if heap else "of which: ", end="")
+    print(f"pymalloc arenas {arenas / 1024:.0f} MiB, {unused / 1024:.0f} MiB of them empty pools")
 
 
 def print_top(stats: pstats.Stats, scrapes: int, top: int, key: int = 3) -> None:
@@ -176,7 +251,11 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=1, help="samples partitions (--rss)")
     parser.add_argument("--worker", action="store_true", help="profile a real `kpp stream` (see above)")
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    parser.add_argument("--emit-scrapes", action="store_true", help=argparse.SUPPRESS)  # rss's child
     args = parser.parse_args()
+    if args.emit_scrapes:
+        emit_scrapes(args.nodes, args.minutes, sys.stdout.buffer)
+        return
     if args.worker:
         profile_worker(args.nodes, args.minutes, args.top, args.bootstrap)
         return
