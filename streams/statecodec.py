@@ -33,9 +33,12 @@ class StateTooLarge(ValueError):
 
 
 def encode_json(data: bytes) -> bytes:
-    """JSON bytes as stored: unchanged when small, else compressed behind HEADER."""
+    """JSON bytes as stored: the same bytes when small, else compressed behind HEADER; either
+    way a new object of exactly its size. orjson returns its output in the buffer it grew while
+    writing, never shrunk (a 13.5 kB node state in a 64 kB allocation): held in a table for
+    every node, those buffers were half of a 5,000-node worker's memory."""
     if len(data) < COMPRESS_FROM:
-        return data
+        return memoryview(data).tobytes()
     return HEADER + bytes(cramjam.zstd.compress(data, LEVEL))
 
 

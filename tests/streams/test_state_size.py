@@ -6,9 +6,12 @@ values written before compression existed still decode."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import dataclasses
 import json
 import random
+import sys
 
 import orjson
 import pytest
@@ -152,6 +155,33 @@ def test_state_values_compress_when_large_and_plain_json_still_decodes():
     assert statecodec.decode(raw) == large and statecodec.decode(orjson.dumps(large)) == large
     with pytest.raises(ValueError, match="does not decompress"):
         statecodec.decode(statecodec.HEADER + b"garbage")
+
+
+def _malloc_usable_size():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        usable = libc.malloc_usable_size
+    except (OSError, AttributeError):
+        return None
+    usable.argtypes, usable.restype = [ctypes.c_void_p], ctypes.c_size_t
+    return usable
+
+
+@pytest.mark.skipif(_malloc_usable_size() is None, reason="the C library has no malloc_usable_size")
+def test_state_values_held_in_the_table_take_no_more_memory_than_their_size():
+    # the bytes objects of a node's state, its partition state and the cluster stage's partials
+    # are held for every node between batches: each must be its own size, not the buffer the
+    # JSON encoder grew while writing it (bytes objects this size are malloc'd, at their id)
+    usable = _malloc_usable_size()
+    node_table: dict = {}
+    cluster_table: dict = {}
+    records = scrape_records(nodes=4, minutes=4, version="1.28")
+    run_reference(S1, [(r.key, r.encode()) for r in records], tables=(node_table, cluster_table),
+                  finish_idle=False)
+    values = [v for v in [*node_table.values(), *cluster_table.values()] if len(v) > 512]
+    assert len([k for k in node_table if k.startswith("node:")]) == 4 and values
+    for value in values:
+        assert usable(id(value)) <= sys.getsizeof(value) + 64, (len(value), usable(id(value)))
 
 
 def test_a_scrape_that_would_take_the_node_state_over_the_limit_is_dead_lettered(monkeypatch, caplog):
