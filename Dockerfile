@@ -8,6 +8,8 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY contracts ./contracts
+COPY kafka_io ./kafka_io
+COPY runtime ./runtime
 COPY producers ./producers
 COPY streams ./streams
 COPY sinks ./sinks

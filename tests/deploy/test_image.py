@@ -47,6 +47,14 @@ def test_image_installs_the_lz4_and_zstd_extras_pyproject_declares() -> None:
     assert set(match[1].split(",")) == {"lz4", "zstd"}  # run-time extras only: not test
 
 
+def test_image_copies_every_package_pyproject_installs() -> None:
+    """A package the image lacks fails only when a command imports it, in the cluster."""
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in include}
+    copied = {source.rstrip("/") for copy in dockerfile_instructions("COPY") for source in copy.split()[:-1]}
+    assert packages - copied == set()
+
+
 def test_image_has_a_healthcheck_that_needs_no_curl() -> None:
     (check,) = dockerfile_instructions("HEALTHCHECK")
     assert 'CMD ["python", "-m", "kpp.healthcheck"]' in check
