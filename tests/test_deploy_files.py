@@ -153,7 +153,8 @@ def test_compose_ports_and_environment_agree_with_code() -> None:
             node = cmd[cmd.index("--node") + 1]
             assert cmd[cmd.index("--target") + 1] == f"http://simulator:{sim_port}/nodes/{node}/metrics"
     # every environment variable the services set is one the code reads
-    code = "\n".join(p.read_text() for d in ("contracts", "producers", "streams", "sinks", "simulator", "stack", "kpp")
+    code = "\n".join(p.read_text() for d in ("contracts", "kafka_io", "runtime", "producers", "streams", "sinks",
+                                             "simulator", "stack", "kpp")
                      for p in (REPO / d).rglob("*.py"))
     for name, svc in kpp_services():
         for var in svc.get("environment", {}):
@@ -194,10 +195,3 @@ def test_compose_vmalert_loads_the_rule_files_it_is_given() -> None:
     rule = vmalert_flags()["rule"].replace(target, str(REPO / "deploy" / "alerts"))
     result = subprocess.run([vmalert, f"-rule={rule}", "-dryRun"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-
-
-@pytest.mark.parametrize("path", ["Dockerfile"])
-def test_dockerfile_copies_every_package(path: str) -> None:
-    text = (REPO / path).read_text()
-    for package in ("contracts", "producers", "streams", "sinks", "simulator", "stack", "kpp"):
-        assert f"COPY {package} ./{package}" in text
