@@ -41,7 +41,7 @@ from contracts.derived import DerivedRecord
 from contracts.dlq import dead_letter as contract_dead_letter
 from contracts.dlq import dlq_key
 from contracts.late import late_partial, late_scrape
-from streams import aggregate, cluster, node_state, partition, statecodec
+from streams import aggregate, cluster, heap, node_state, partition, statecodec
 from streams.config import StreamSettings
 from contracts.records_fast import fast_decode
 from streams.selfmetrics import NO_METRICS
@@ -327,6 +327,7 @@ class NodeStage:
         self.stats = {"scrapes": 0, "late": 0, "dlq": 0, "duplicates": 0, "replayed": 0, "state_too_large": 0,
                       partition.CLOCK_SKEW: 0, partition.TOO_OLD: 0}
         self.metrics = NO_METRICS  # the worker's /metrics (streams/selfmetrics.py)
+        self.heap = heap.PROCESS_TRIMMER  # a batch's freed memory goes back to the OS now and then
 
     # -- events ----------------------------------------------------------------------
 
@@ -348,6 +349,7 @@ class NodeStage:
             raise
         await write_table(self.table, self.cache.writes())
         self.batch += 1
+        self.heap.maybe_trim()
 
     def next_offset(self, part: int) -> int | None:
         """The offset after the last input event of `part` that the stage's state holds (None
@@ -603,6 +605,7 @@ class ClusterStage:
         self.heard: dict[int, float] = {}
         self.stats = {"partials": 0, "late": 0, "dlq": 0, "windows": 0, "replayed": 0}
         self.metrics = NO_METRICS  # the worker's /metrics (streams/selfmetrics.py)
+        self.heap = heap.PROCESS_TRIMMER
 
     def silent(self) -> list[int]:
         now = self.clock()
@@ -621,6 +624,7 @@ class ClusterStage:
             self.cache.clear()
             raise
         await write_table(self.table, self.cache.writes())
+        self.heap.maybe_trim()
 
     def next_offset(self, q: int) -> int | None:
         """The offset after the last partials message of `q` the state holds (None before any)."""
