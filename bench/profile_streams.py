@@ -102,8 +102,9 @@ def heap_free_kib() -> tuple[int, int] | None:
     return info.fordblks // 1024, (info.uordblks + info.hblkhd) // 1024
 
 
-def pymalloc_kib() -> tuple[int, int]:
-    """(KiB of pymalloc arenas, KiB of their pools that hold no object) from sys._debugmallocstats."""
+def pymalloc_kib() -> tuple[int, int] | None:
+    """(KiB of pymalloc arenas, KiB of their pools that hold no object) from sys._debugmallocstats;
+    None when pymalloc is not the allocator (PYTHONMALLOC, tracemalloc)."""
     err = tempfile.TemporaryFile()
     saved = os.dup(2)
     os.dup2(err.fileno(), 2)
@@ -114,9 +115,11 @@ def pymalloc_kib() -> tuple[int, int]:
         os.close(saved)
     err.seek(0)
     text = err.read().decode()
-    arenas = int(re.search(r"arenas \* \d+ bytes/arena\s+=\s+([\d,]+)", text).group(1).replace(",", ""))
-    unused = int(re.search(r"unused pools \* \d+ bytes\s+=\s+([\d,]+)", text).group(1).replace(",", ""))
-    return arenas // 1024, unused // 1024
+    arenas = re.search(r"arenas \* \d+ bytes/arena\s+=\s+([\d,]+)", text)
+    unused = re.search(r"unused pools \* \d+ bytes\s+=\s+([\d,]+)", text)
+    if arenas is None or unused is None:
+        return None
+    return int(arenas.group(1).replace(",", "")) // 1024, int(unused.group(1).replace(",", "")) // 1024
 
 
 def rss(nodes: int, minutes: int, batch: int, partitions: int = 1) -> None:
@@ -176,11 +179,13 @@ def rss(nodes: int, minutes: int, batch: int, partitions: int = 1) -> None:
     print(f"RSS before the stages: {before / 1024:.0f} MiB; now {now / 1024:.0f} MiB "
           f"({(now - before) * 1024 / max(1, nodes) / 1e3:.0f} kB per node); "
           f"peak (VmHWM) {_status_kib('VmHWM') / 1024:.0f} MiB")
-    heap = heap_free_kib()
-    arenas, unused = pymalloc_kib()
-    print(f"of which: C heap free (held, not returned) {heap[0] / 1024:.0f} MiB, in use {heap[1] / 1024:.0f} MiB; "
-          if heap else "of which: ", end="")
-    print(f"pymalloc arenas {arenas / 1024:.0f} MiB, {unused / 1024:.0f} MiB of them empty pools")
+    heap, pools = heap_free_kib(), pymalloc_kib()
+    parts = []
+    if heap:
+        parts.append(f"C heap free (held, not returned) {heap[0] / 1024:.0f} MiB, in use {heap[1] / 1024:.0f} MiB")
+    if pools:
+        parts.append(f"pymalloc arenas {pools[0] / 1024:.0f} MiB, {pools[1] / 1024:.0f} MiB of them empty pools")
+    print("of which: " + "; ".join(parts or ["(no allocator statistics here)"]))
 
 
 def print_top(stats: pstats.Stats, scrapes: int, top: int, key: int = 3) -> None:
