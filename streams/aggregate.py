@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from contracts.derived import DerivedRecord
-from streams.aggregators import CounterIncrease, GaugeStats, HistogramDeltas, add_buckets, bound_pairs
+from streams.aggregators import (CounterIncrease, GaugeStats, HistogramDeltas, add_buckets, bound_pairs,
+                                 entry_quantile)
 from streams.config import StreamSettings, quantile_name
 from streams.node_state import NETPROG
 from streams.node_state import split_sid as _split_sid  # data_records picks the scope's variant
@@ -190,7 +191,8 @@ def cluster_records(cluster: str, size: int, start: int, merged: dict, settings:
 def pooled(history: list) -> tuple[dict[str, float], float]:
     total: dict[str, float] = {}
     count = 0.0
-    for _start, buckets, c in history:
+    for entry in history:
+        buckets, c = entry[1], entry[2]
         # per bound, the windows are added in history order; the key order does not matter
         # (histogram_quantile sorts by bound)
         add_buckets(total, buckets)
@@ -198,27 +200,12 @@ def pooled(history: list) -> tuple[dict[str, float], float]:
     return total, count
 
 
-_WINDOW_QUANTILES: dict[tuple, float] = {}
-
-
-def _window_quantile(q: float, buckets: dict[str, float]) -> float:
-    """histogram_quantile of one step window's pooled buckets, remembered: each step window
-    is part of slo_window / step successive SLO records."""
-    key = (q, tuple(buckets), tuple(buckets.values()))
-    value = _WINDOW_QUANTILES.get(key)
-    if value is None:
-        value = histogram_quantile(q, bound_pairs(buckets))
-        if len(_WINDOW_QUANTILES) >= 50_000:
-            _WINDOW_QUANTILES.clear()
-        _WINDOW_QUANTILES[key] = value
-    return value
-
-
 def slo_record(scope: str, cluster: str, node: str | None, end: int, history: list,
                settings: StreamSettings, contributors: dict) -> DerivedRecord:
     """The network-programming SLI over the rolling SLO window ending at `end`.
 
-    history: [[step window start, pooled bucket deltas, count], ...] of the step windows in
+    history: [[step window start, pooled bucket deltas, count, q, own q-quantile], ...]
+    (aggregators.slo_entry; earlier versions wrote the first three only) of the step windows in
     [end − slo_window, end). Values: the pooled p99 (`sli`), `threshold_s`, `within` (1 when
     sli ≤ threshold, null without observations), `share_within` (fraction of step windows
     with observations whose own pooled p99 ≤ threshold), `count`, `windows`,
@@ -228,9 +215,9 @@ def slo_record(scope: str, cluster: str, node: str | None, end: int, history: li
     buckets, count = pooled(history)
     sli = histogram_quantile(q, bound_pairs(buckets)) if count > 0 else None
     per_window = []
-    for _start, b, c in history:
-        if c > 0:
-            per_window.append(_window_quantile(q, b))
+    for entry in history:
+        if entry[2] > 0:
+            per_window.append(entry_quantile(entry, q))
     within_windows = sum(1 for p in per_window if p <= settings.slo_threshold_s)
     values = {
         quantile_name(q): sli,

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, TypeVar
 from contracts.codec import float_from_json, float_to_json
 from streams.config import quantile_name
 from streams.deltas import HistogramSnapshot, counter_delta, histogram_delta
-from streams.quantiles import histogram_mean, histogram_quantiles
+from streams.quantiles import histogram_mean, histogram_quantile, histogram_quantiles
 
 K = TypeVar("K")
 
@@ -310,3 +310,21 @@ def keys_by_bound(buckets: dict[str, float]) -> list[str]:
             _BY_BOUND.clear()
         _BY_BOUND[keys] = ordered
     return ordered
+
+
+# -- rolling SLO history ------------------------------------------------------------------
+
+def slo_entry(start: int, buckets: dict[str, float], count: float, q: float) -> list:
+    """A step window's entry in a rolling SLO history (node state, cluster index):
+    [start, pooled bucket deltas, count, q, the window's own q-quantile (None without
+    observations)]. The quantile is computed once, when the window closes, instead of at
+    each of the slo_window / step SLO records the window is part of."""
+    return [start, buckets, count, q, histogram_quantile(q, bound_pairs(buckets)) if count > 0 else None]
+
+
+def entry_quantile(entry: list, q: float) -> float:
+    """The q-quantile of a history entry with observations: as remembered, or computed for an
+    entry written by an earlier version ([start, buckets, count]) or for another q."""
+    if len(entry) >= 5 and entry[3] == q and entry[4] is not None:
+        return entry[4]
+    return histogram_quantile(q, bound_pairs(entry[1]))

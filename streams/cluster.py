@@ -32,7 +32,7 @@ State per cluster-partials partition (one table key `index:<q>`):
      "progress": {src: {"through": {size: end}, "idle": bool}},
      "open": {cluster: {size: {start: number of member buckets}}},
      "closed": {cluster: {size: highest end closed}},
-     "slo": {cluster: [[start, pooled netprog buckets, count], ...]}}
+     "slo": {cluster: [[start, pooled netprog buckets, count, q, q-quantile], ...]}}
 
 the nodes received for an open window under `members:<cluster>|<size>|<start>|<bucket>`
 (sorted names; the bucket is a hash of the name), and the partials themselves under
@@ -50,6 +50,7 @@ from bisect import bisect_left, insort
 from typing import Iterable, Protocol
 
 from streams.config import StreamSettings
+from streams.aggregators import slo_entry
 from streams.node_state import pooled_netprog
 
 
@@ -193,6 +194,6 @@ def roll_slo(index: dict, cluster: str, start: int, merged: dict, settings: Stre
     end = start + settings.step_s * 1000
     buckets, count = pooled_netprog(merged)
     history = [h for h in index["slo"].get(cluster, []) if h[0] >= end - settings.slo_window_s * 1000]
-    history.append([start, buckets, count])
+    history.append(slo_entry(start, buckets, count, settings.slo_quantile))
     index["slo"][cluster] = history
     return history

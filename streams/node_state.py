@@ -11,7 +11,7 @@ orjson), kept compact:
      "first": {size_ms: start of the first window the node takes part in},
      "cb": {series id: counter baseline}, "hb": {series id: histogram baseline},
      "win": {size_ms: {start_ms: open partial}},
-     "slo": [[start_ms, {le: count}, count], ...],  # last step windows, for the rolling SLI
+     "slo": [[start_ms, {le: count}, count, q, q-quantile], ...],  # last step windows, for the rolling SLI
      "done": {size_ms: end of the last window closed for the node}}
 
 `done` makes closing idempotent: the stage writes node states before the partition state
@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from contracts.records import ScrapeRecord
-from streams.aggregators import CounterIncrease, GaugeStats, HistogramDeltas, add_buckets
+from streams.aggregators import CounterIncrease, GaugeStats, HistogramDeltas, add_buckets, slo_entry
 from streams.config import StreamSettings
 from streams.deltas import MICROSECONDS, HistogramSnapshot, to_seconds
 from streams.quantiles import parse_le
@@ -430,7 +430,7 @@ def _roll_slo(state: dict, start: int, end: int, partial: dict, settings: Stream
     history; return the history covering [end − slo_window, end)."""
     pooled, count = pooled_netprog(partial)
     history = [h for h in state["slo"] if h[0] >= end - settings.slo_window_s * 1000]
-    history.append([start, pooled, count])
+    history.append(slo_entry(start, pooled, count, settings.slo_quantile))
     state["slo"] = history
     return history
 
