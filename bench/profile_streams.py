@@ -47,6 +47,7 @@ from producers.scrape import ScrapeOutcome  # noqa: E402
 from producers.select import Selector  # noqa: E402
 from simulator import Cluster  # noqa: E402
 from streams.config import StreamSettings  # noqa: E402
+from streams.heap import libc_malloc_trim  # noqa: E402
 from streams.stages import ClusterStage, NodeStage  # noqa: E402
 from tests.streams.reference import partition_of, run_reference  # noqa: E402
 from tests.streams.simdata import START_S, scrape_records  # noqa: E402
@@ -186,6 +187,12 @@ def rss(nodes: int, minutes: int, batch: int, partitions: int = 1) -> None:
     if pools:
         parts.append(f"pymalloc arenas {pools[0] / 1024:.0f} MiB, {pools[1] / 1024:.0f} MiB of them empty pools")
     print("of which: " + "; ".join(parts or ["(no allocator statistics here)"]))
+    # the stages trim the C heap at most every heap.TRIM_INTERVAL_S: "now" may hold a recent
+    # window close's freed memory; after a trim is the floor the process comes back to
+    if heap_trim := libc_malloc_trim():
+        heap_trim()
+        print(f"RSS after a malloc_trim: {_status_kib('VmRSS') / 1024:.0f} MiB "
+              f"({(_status_kib('VmRSS') - before) * 1024 / max(1, nodes) / 1e3:.0f} kB per node)")
 
 
 def print_top(stats: pstats.Stats, scrapes: int, top: int, key: int = 3) -> None:
