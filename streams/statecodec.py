@@ -8,7 +8,7 @@ zstd's window (2 MiB at level 3) folds: the same state is ~180 kB compressed, in
 zlib's 32 KiB window cannot see the repetition (~370 kB, 50 ms).
 
 A value under COMPRESS_FROM stays plain JSON, byte for byte what earlier versions wrote (the
-ordinary ~10 kB node state pays nothing); a larger one is HEADER + a zstd frame. JSON values
+ordinary ~13.5 kB node state pays nothing); a larger one is HEADER + a zstd frame. JSON values
 always start with `{` or `[`, never with HEADER's NUL byte, so values written before
 compression existed decode unchanged.
 """
