@@ -37,6 +37,7 @@ parser, encoders) never load one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
@@ -46,7 +47,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from contracts.errors import ConfigError, KppError
 
@@ -139,6 +140,29 @@ def capture_client_failures(*logger_names: str, show_below_critical: bool = Fals
         if not show_below_critical:
             logger.setLevel(logging.WARNING)
             logger.propagate = False
+
+
+@contextlib.contextmanager
+def client_failures_captured(logger_name: str, *, show_from: int) -> Iterator[None]:
+    """While the block runs, CLIENT_FAILURES keeps the client library's records (the cause of
+    a refused login or TLS handshake is only there), unless the process routes them there
+    already (`kpp` does). Records are still printed where the logger is enabled for
+    `show_from`; otherwise they are kept back at WARNING and up, not printed."""
+    logger = logging.getLogger(logger_name)
+    if CLIENT_FAILURES in logger.handlers:
+        yield
+        return
+    saved = (logger.level, logger.propagate)
+    logger.addHandler(CLIENT_FAILURES)
+    if not logger.isEnabledFor(show_from):
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(CLIENT_FAILURES)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def _classify_record(record: logging.LogRecord) -> tuple[str, str] | None:
@@ -539,21 +563,8 @@ class KafkaConnection:
         and the fix: KafkaAuthenticationError (refused credentials, failed TLS handshake),
         KafkaUnavailableError (no broker answered), KafkaTopicMissingError,
         KafkaAuthorizationError."""
-        logger = logging.getLogger("kafka")
-        saved = None
-        if CLIENT_FAILURES not in logger.handlers:  # not under `kpp`: capture for this check only
-            saved = (logger.level, logger.propagate)
-            logger.addHandler(CLIENT_FAILURES)
-            if not logger.isEnabledFor(logging.WARNING):
-                logger.setLevel(logging.WARNING)
-                logger.propagate = False
-        try:
+        with client_failures_captured("kafka", show_from=logging.WARNING):  # not under `kpp`: for this check
             self._check(self.timeout_s if timeout_s is None else timeout_s, topics)
-        finally:
-            if saved is not None:
-                logger.removeHandler(CLIENT_FAILURES)
-                logger.setLevel(saved[0])
-                logger.propagate = saved[1]
 
     def _check(self, timeout_s: float, topics: Sequence[str]) -> None:
         from kafka import KafkaAdminClient

@@ -22,14 +22,13 @@ topic, refused authorization).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Collection, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Collection, Iterable, Mapping, NamedTuple, Sequence
 
 from contracts.errors import KppError
-from kafka_io.connection import CLIENT_FAILURES, KafkaConnection, capture_client_failures, is_client_error
+from kafka_io.connection import KafkaConnection, capture_client_failures, client_failures_captured, is_client_error
 
 BEGINNING = "beginning"
 END = "end"
@@ -124,28 +123,6 @@ def quiet_reader_logs(args: Any = None) -> None:
     capture_client_failures("aiokafka", show_below_critical=getattr(args, "log_level", None) == "DEBUG")
 
 
-@contextlib.contextmanager
-def _client_failures_captured() -> Iterator[None]:
-    """aiokafka names a refused login or TLS handshake only in its log records: while a reader
-    opens, CLIENT_FAILURES keeps them (for the one-line error) and they are not printed, unless
-    the process already routes aiokafka's records there itself."""
-    logger = logging.getLogger("aiokafka")
-    if CLIENT_FAILURES in logger.handlers:
-        yield
-        return
-    saved = (logger.level, logger.propagate)
-    logger.addHandler(CLIENT_FAILURES)
-    if not logger.isEnabledFor(logging.DEBUG):
-        logger.setLevel(logging.WARNING)
-        logger.propagate = False
-    try:
-        yield
-    finally:
-        logger.removeHandler(CLIENT_FAILURES)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
-
-
 class RangeReader:
     """Reads `topics` (all their partitions, or `partitions`) from `start` to `stop`.
 
@@ -182,7 +159,9 @@ class RangeReader:
         --kafka-timeout, else the connection's one-line error."""
         started = time.monotonic()
         try:
-            with _client_failures_captured():
+            # aiokafka names a refused login or TLS handshake only in its records: kept for the
+            # one-line error, printed in DEBUG runs only
+            with client_failures_captured("aiokafka", show_from=logging.DEBUG):
                 await asyncio.wait_for(self._open_now(), timeout=self.connection.timeout_s)
         except KppError:
             await self.close()

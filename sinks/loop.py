@@ -65,19 +65,9 @@ class LoopSettings:
     dlq_topic: str
     raw_topic: str | None = None  # records of this topic are raw scrapes (--raw)
     extra_labels: Mapping[str, str] = field(default_factory=dict)
-    client_id: str = "kpp-sink"
-    # Fetching: a fetch that holds only caught-up partitions makes the others wait up to
-    # fetch_max_wait_ms (Kafka's default of 500 ms halved the throughput of a catch-up). A
-    # getmany returns at most max_poll_records; batches are cut at their limits whatever it
-    # returns.
-    max_poll_records: int = 2000
-    max_partition_fetch_bytes: int = 1024 * 1024
-    fetch_max_bytes: int = 50 * 1024 * 1024
-    fetch_max_wait_ms: int = 100
+    client_id: str = "kpp-sink"  # fetching and session: kafka_io.group.GroupSettings' defaults
     revoke_flush_attempts: int = 1
     lag_interval_s: float = 2.0
-    # A sink killed without leaving the group holds its partitions until this expires.
-    session_timeout_ms: int = 10_000
     shutdown_flush_s: float = 10.0
     # Timestamps the store keeps; a record outside goes to the DLQ (sinks/timerange.py).
     timestamps: TimestampLimits = field(default_factory=TimestampLimits)
@@ -218,9 +208,7 @@ class SinkLoop:
     async def _open(self) -> None:
         s = self.settings
         self._group = GroupConsumer(self.connection, GroupSettings(
-            topics=s.topics, group_id=s.group_id, client_id=s.client_id, max_poll_records=s.max_poll_records,
-            max_partition_fetch_bytes=s.max_partition_fetch_bytes, fetch_max_bytes=s.fetch_max_bytes,
-            fetch_max_wait_ms=s.fetch_max_wait_ms, session_timeout_ms=s.session_timeout_ms), hook=self)
+            topics=s.topics, group_id=s.group_id, client_id=s.client_id), hook=self)
         self._dlq = Publisher(self.connection, client_id=s.client_id + "-dlq")
         await self._group.start()
 
