@@ -9,6 +9,9 @@
   and the benchmarks.
 - `publish`: the kafka-python producers (node producer, `kpp import`, `kpp replay`), and
   the client exception classes and codec checks their callers need.
+- `batching`: an aiokafka producer that fills its own record batches, for the stream
+  worker's outputs and state changelogs (~1.4 µs of CPU per record against ~5.6 through a
+  per-record send).
 - `group`: an asyncio consumer-group member (explicit commits after acknowledgement,
   pause/resume, an awaited rebalance hook) and an acknowledged publisher: the sink.
 - `reader`: reading a range of topics (from/to a time, offset or the end), optionally

@@ -16,6 +16,7 @@ missing per node around a worker's SIGTERM; tests/streams/test_stream_stop.py re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -25,10 +26,12 @@ import faust
 
 from contracts.dlq import dlq_key
 from kafka_io.assigned import read_offset_range
+from kafka_io.batching import BatchingProducer
 from kafka_io.connection import KafkaConnection
+from kafka_io.partitioner import KeyPartitioner
 from streams.app import TABLES
 from streams.config import StreamSettings
-from streams.faust_adapter import ChangelogTable, producer_send
+from streams.faust_adapter import ChangelogTable
 from streams.selfmetrics import HEARTBEAT_S, StreamMetrics
 from streams.stages import ClusterStage, NodeStage, dead_letter
 
@@ -93,8 +96,29 @@ def wire(app: faust.App, settings: StreamSettings, connection: KafkaConnection) 
     node_table = app.Table(TABLES[0], key_type=str, value_type=bytes, partitions=n)
     cluster_table = app.Table(TABLES[1], key_type=str, value_type=bytes, partitions=n)
 
-    # outputs and changelog records straight to the app's producer: see streams/faust_adapter.py
-    send = producer_send(app)
+    # Outputs and changelog records go through a producer of the stages' own that fills its
+    # record batches itself (kafka_io/batching.py: a fraction of the CPU per record of
+    # aiokafka's or Faust's per-record send); Faust's producer sends the idle ticks. Its
+    # request timeout is Faust's: while Kafka is away the stages wait as long as Faust would.
+    publisher = BatchingProducer(connection, client_id=f"{app.conf.id}-stages",
+                                 request_timeout_s=float(app.conf.producer_request_timeout),
+                                 partitioner=KeyPartitioner())
+    send = publisher.send
+
+    async def start_publisher() -> None:
+        # before an agent's first batch: a failure to connect is retried, never a failed event
+        while not publisher.started:
+            try:
+                await publisher.start()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("the stream stages' producer cannot reach Kafka (%s); trying again in 5 s",
+                            connection.explain(exc))
+                await asyncio.sleep(5)
+
+    @app.on_before_shutdown.connect
+    async def stop_publisher(_app, **_kwargs) -> None:  # noqa: ANN001 - Faust's signal signature
+        # after the agents stopped: whatever is still unacknowledged is processed again
+        await publisher.stop()
 
     node_stage = NodeStage(settings, ChangelogTable(node_table, send), send)
     cluster_stage = ClusterStage(settings, ChangelogTable(cluster_table, send), send)
@@ -148,6 +172,7 @@ def wire(app: faust.App, settings: StreamSettings, connection: KafkaConnection) 
 
     @app.agent(samples_in, name="kpp-node-stage")
     async def node_agent(stream):
+        await start_publisher()
         async for events in stream.noack_take(BATCH_MAX, within=BATCH_WITHIN):
             started = time.perf_counter()
             for event in events:
@@ -167,6 +192,7 @@ def wire(app: faust.App, settings: StreamSettings, connection: KafkaConnection) 
 
     @app.agent(partials_in, name="kpp-cluster-stage")
     async def cluster_agent(stream):
+        await start_publisher()
         async for events in stream.noack_take(BATCH_MAX, within=BATCH_WITHIN):
             started = time.perf_counter()
             for event in events:

@@ -12,7 +12,7 @@ from kafka_io.connection import KafkaConnection
 from kafka_io.admin import TopicSpec
 from kafka_io.admin import ensure_topics as ensure_pipeline_topics
 from streams.config import StreamSettings
-from streams.faust_adapter import KeyPartitioner
+from kafka_io.partitioner import KeyPartitioner
 
 
 TABLES = ("node-state", "cluster-state")  # the changelog-backed tables agents.py declares

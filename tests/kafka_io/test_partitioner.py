@@ -9,7 +9,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner as AiokafkaPartitioner
 from kafka.partitioner import DefaultPartitioner as KafkaPythonPartitioner
 
-from kafka_io.partitioner import murmur2, partition_for
+from kafka_io.partitioner import KeyPartitioner, murmur2, partition_for
 
 
 def random_keys(count: int, seed: int) -> list[bytes]:
@@ -80,3 +80,15 @@ def test_equal_to_the_stream_stages_faust_producer() -> None:
 def test_no_partitions_is_refused() -> None:
     with pytest.raises(ValueError):
         partition_for(b"x", 0)
+
+
+def test_key_partitioner_equals_aiokafkas_default_partitioner() -> None:
+    ours, theirs = KeyPartitioner(max_keys=50), AiokafkaPartitioner()
+    rng = random.Random(3)
+    keys = [rng.randbytes(rng.randrange(0, 40)) for _ in range(300)] + [b"node-1", "nöde".encode()]
+    for count in (1, 2, 3, 7, 12):
+        partitions = list(range(count))
+        for key in keys + keys:  # the second time from the remembered hashes
+            assert ours(key, partitions, partitions) == theirs(key, partitions, partitions), (key, count)
+    assert len(ours.hashes) <= 50  # bounded
+    assert ours(None, [0, 1, 2], [2]) == 2  # no key: an available partition, like aiokafka's
