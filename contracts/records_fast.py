@@ -135,6 +135,7 @@ def _remember_shape(record: ScrapeRecord) -> ScrapeShape | None:
             break
     else:
         if len(shapes) >= _SHAPES_PER_NAMES:
+            _NODE_SHAPES.pop(record.node, None)  # its next scrape goes straight to the row checks
             return None
         shape = ScrapeShape(names, tuple([dict(s) for s in labels]), dict(record.families), dict(record.labels))
         shapes.append(shape)

@@ -28,9 +28,9 @@ in seconds (its bounds convert exactly).
 from __future__ import annotations
 
 import math
-from itertools import chain, repeat
-from operator import add, itemgetter, sub
-from typing import Any
+from itertools import chain
+from operator import itemgetter, sub
+from typing import Any, Callable
 
 import orjson
 
@@ -45,7 +45,8 @@ from streams.quantiles import parse_le
 from streams.windows import window_start
 
 _isfinite = math.isfinite
-_first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
+_INF = math.inf
+_first, _second = itemgetter(0), itemgetter(1)
 
 PREFIX = "kubeproxy_"
 LEGACY = {"kubeproxy_sync_proxy_rules_latency_microseconds": ("sync_proxy_rules_duration_seconds", MICROSECONDS)}
@@ -235,18 +236,26 @@ def _plan_hists(plan: _Plan, values: list) -> dict[str, HistogramSnapshot]:
     return hists
 
 
+def _picker(indices: list) -> Callable[[list], tuple]:
+    """values -> (values[i] for i in indices), as a tuple (itemgetter, which gives a single
+    item for a single index)."""
+    if len(indices) > 1:
+        return itemgetter(*indices)
+    return lambda values: tuple([values[i] for i in indices])
+
+
 class _HistPlan:
     """A plan's histograms, their buckets as one list (each series' sorted by bound)."""
 
-    __slots__ = ("series", "les_json", "keys", "bucket_at", "parts", "entries")
+    __slots__ = ("series", "les_json", "keys", "buckets_of", "parts", "entries")
 
     def __init__(self, entries: list) -> None:
         # entries: (series, bounds as JSON, le keys, bucket indices by bound, count index, sum index)
         self.series = [e[0] for e in entries]
         self.les_json = [e[1] for e in entries]
         self.keys = [e[2] for e in entries]
-        self.bucket_at = [i for e in entries for i in e[3]]
-        self.parts = []  # slice of each series' buckets in bucket_at
+        self.buckets_of = _picker([i for e in entries for i in e[3]])  # values -> all series' bucket counts
+        self.parts = []  # slice of each series' buckets in buckets_of(values)
         self.entries = []  # (series, bounds as JSON, keys, index of the +Inf bucket, count index, sum index, part)
         start = 0
         for series, les_json, keys, at, count_at, sum_at in entries:
@@ -257,8 +266,9 @@ class _HistPlan:
 
 
 class _Ingest:
-    """A plan as parallel lists, for folding a scrape of its shape into the node state with
-    a few list operations per kind instead of a call per series (`_fold_*_fast`)."""
+    """A plan as parallel lists, for folding a scrape of its shape into the node state
+    straight from its values (`_fold_*_fast`): no dict per kind, no snapshot per histogram,
+    all histograms' buckets stepped as one list, the common case of each rule inline."""
 
     __slots__ = ("plan", "counters", "counter_at", "gauges", "gauge_at", "sync", "hists")
 
@@ -453,19 +463,22 @@ def _fold_counters(state: dict, targets: list, counters: dict[str, float]) -> No
 
 
 def _fold_counters_fast(state: dict, targets: list, series: list, values: list) -> bool:
-    """_fold_counters when every series has a baseline, every value is finite and none went
-    down (then each increase is value − baseline); False, with nothing changed, otherwise."""
-    try:
-        increases = list(map(sub, values, map(state["cb"].get, series)))
-    except TypeError:  # a series without a baseline
-        return False
-    # a NaN or an infinity makes a sum one; a finite value minus a finite baseline is finite
-    if increases and not (_isfinite(sum(values)) and _isfinite(sum(increases)) and min(increases) >= 0.0):
-        return False
+    """_fold_counters when every series has a finite baseline and a finite value not below
+    it (then the increase is value − baseline and the value the new baseline); False, with
+    nothing changed, otherwise."""
+    baselines = state["cb"]
+    increases = []
+    for name, value in zip(series, values):
+        previous = baselines.get(name)
+        # False for a NaN, an infinity, a value that went down (a reset) or no baseline
+        if previous is None or not -_INF < previous <= value < _INF:
+            return False
+        increases.append(value - previous)
     state["cb"] = dict(zip(series, values))
     for partial in targets:
         window = partial["c"]
-        window.update(zip(series, list(map(add, map(window.get, series, repeat(0.0)), increases))))
+        for name, increase in zip(series, increases):
+            window[name] = window.get(name, 0.0) + increase
     return True
 
 
@@ -492,7 +505,7 @@ def _fold_hists_fast(state: dict, targets: list, hists: _HistPlan, values: list)
     previous = list(map(state["hb"].get, hists.series))
     if None in previous or list(map(_first, previous)) != hists.les_json:
         return False
-    counts = list(map(values.__getitem__, hists.bucket_at))
+    counts = list(hists.buckets_of(values))
     prev_counts = list(chain.from_iterable(map(_second, previous)))
     if len(prev_counts) != len(counts):
         return False
@@ -506,47 +519,25 @@ def _fold_hists_fast(state: dict, targets: list, hists: _HistPlan, values: list)
             hists.entries, previous):
         count = counts[last] if count_at is None else values[count_at]  # the +Inf bucket is the last
         total = nan if sum_at is None else values[sum_at]
-        prev_sum = float_from_json(prev_sum_json)
+        prev_sum = prev_sum_json if type(prev_sum_json) is float else float_from_json(prev_sum_json)
         if not (_isfinite(count) and count >= prev_count):
             return False
         if total < prev_sum and _isfinite(total) and _isfinite(prev_sum):
             return False
         dcounts.append(count - prev_count)
         dsums.append(total - prev_sum)
-        baselines.append([les_json, counts[part], count, float_to_json(total)])
+        baselines.append([les_json, counts[part], count, total if -_INF < total < _INF else float_to_json(total)])
     state["hb"] = dict(zip(hists.series, baselines))
-    deltas_of = list(map(deltas.__getitem__, hists.parts))
-    for partial in targets:
-        _push_hists(partial["h"], hists, deltas_of, dcounts, dsums)
-    return True
-
-
-def _push_hists(window: dict, hists: _HistPlan, deltas_of: list, dcounts: list, dsums: list) -> None:
-    """HistogramDeltas.push of every series into a window's histograms; by whole lists when
-    all are there with the same buckets and their sums stay finite."""
-    series = hists.series
-    olds = list(map(window.get, series))
-    if None not in olds:
-        buckets = list(map(_first, olds))
-        if list(map(list, buckets)) == hists.keys:
-            counts = list(map(add, map(_second, olds), dcounts))
-            try:
-                sums = list(map(add, map(_third, olds), dsums))
-            except TypeError:  # a sum that is not finite (a string)
-                sums = None
-            if sums is not None and _isfinite(sum(sums)):
-                added = list(map(list, map(map, repeat(add), map(dict.values, buckets), deltas_of)))
-                for old, keys, bucket_sums, count, total in zip(olds, hists.keys, added, counts, sums):
-                    old[0] = dict(zip(keys, bucket_sums))
-                    old[1] = count
-                    old[2] = total
-                return
+    steps = list(zip(hists.series, hists.keys, map(deltas.__getitem__, hists.parts), dcounts, dsums))
     push, new = HistogramDeltas.push, HistogramDeltas.new
-    for name, keys, deltas, count, total in zip(series, hists.keys, deltas_of, dcounts, dsums):
-        h = window.get(name)
-        if h is None:
-            h = window[name] = new()
-        push(h, keys, deltas, count, total)
+    for partial in targets:
+        window = partial["h"]
+        for series, keys, series_deltas, dcount, dsum in steps:
+            h = window.get(series)
+            if h is None:
+                h = window[series] = new()
+            push(h, keys, series_deltas, dcount, dsum)
+    return True
 
 
 def _fold_gauges(targets: list, gauges: dict[str, float]) -> None:
@@ -557,30 +548,25 @@ def _fold_gauges(targets: list, gauges: dict[str, float]) -> None:
             g[series] = gauge_push(g.get(series), value)
 
 
-
-
 def _fold_gauges_fast(targets: list, series: list, values: list) -> None:
-    """_fold_gauges, by whole lists for a window whose gauges are all there (or none is) and
-    finite, as are the values: GaugeStats.push's [last, min, max] is then [value,
-    min(min, value), max(max, value)] (min and max keep the old one on a tie, as push does)."""
-    if not _isfinite(sum(values)):
+    """_fold_gauges, GaugeStats.push inlined for values that are all finite."""
+    if not _isfinite(sum(values)):  # a NaN or an infinity makes the sum one
         _fold_gauges(targets, dict(zip(series, values)))
         return
-    gauge_push = GaugeStats.push
     for partial in targets:
         window = partial["g"]
-        if not window:
-            window.update(zip(series, map(list, zip(values, values, values))))
-            continue
-        try:
-            olds = list(map(window.__getitem__, series))
-            stats = list(map(list, zip(values, map(min, map(_second, olds), values),
-                                       map(max, map(_third, olds), values))))
-        except (KeyError, TypeError):  # a new series, or a min or max that is not finite (a string)
-            for name, value in zip(series, values):
-                window[name] = gauge_push(window.get(name), value)
-            continue
-        window.update(zip(series, stats))
+        for name, value in zip(series, values):
+            stats = window.get(name)
+            if stats is None:
+                window[name] = [value, value, value]
+                continue
+            stats[0] = value
+            # a min or max that is not finite is a string ("NaN", "+Inf", "-Inf"): replaced
+            low, high = stats[1], stats[2]
+            if type(low) is str or value < low:
+                stats[1] = value
+            if type(high) is str or value > high:
+                stats[2] = value
 
 
 def sync_health(gauges: dict[str, float], ts_ms: int) -> tuple[float | None, float | None]:

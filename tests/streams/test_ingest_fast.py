@@ -203,9 +203,9 @@ def test_folding_by_the_ingest_plan_equals_folding_series_by_series(seed, monkey
     assert min(folds.applied.values()) > len(records) * 0.3 and min(folds.declined.values()) > 5
 
 
-def test_gauge_windows_by_lists_equal_gauge_stats_push():
+def test_inlined_gauge_stats_equal_gauge_stats_push():
     """_fold_gauges_fast against GaugeStats.push for windows that are empty, complete, miss a
-    series, or hold a min or max that is not finite."""
+    series, or hold a min or max that is not finite, and values finite or not."""
     series = ["a|{}", "b|{}", "c|{}"]
     starts = [{}, {"a|{}": [1.0, 0.5, 2.0], "b|{}": [3.0, 3.0, 3.0], "c|{}": [0.0, -1.0, 1.0]},
               {"a|{}": [1.0, 0.5, 2.0]}, {"a|{}": ["NaN", "NaN", "NaN"], "b|{}": [1.0, "+Inf", 2.0],
