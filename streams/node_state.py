@@ -28,16 +28,25 @@ in seconds (its bounds convert exactly).
 from __future__ import annotations
 
 import math
-from typing import Any
+from itertools import chain
+from operator import itemgetter, sub
+from typing import Any, Callable
 
 import orjson
 
+from contracts.codec import float_from_json, float_to_json
 from contracts.records import ScrapeRecord
-from streams.aggregators import CounterIncrease, GaugeStats, HistogramDeltas, add_buckets, slo_entry
+from contracts.records_fast import DecodedScrape, ScrapeShape
+from streams.aggregators import (CounterIncrease, GaugeStats, HistogramDeltas, _les_json, _les_keys, add_buckets,
+                                 slo_entry)
 from streams.config import StreamSettings
 from streams.deltas import MICROSECONDS, HistogramSnapshot, to_seconds
 from streams.quantiles import parse_le
 from streams.windows import window_start
+
+_isfinite = math.isfinite
+_INF = math.inf
+_first, _second = itemgetter(0), itemgetter(1)
 
 PREFIX = "kubeproxy_"
 LEGACY = {"kubeproxy_sync_proxy_rules_latency_microseconds": ("sync_proxy_rules_duration_seconds", MICROSECONDS)}
@@ -154,9 +163,8 @@ _PLANS: dict[tuple, list[_Plan]] = {}
 _MAX_PLANS = 1000
 
 
-def _plan_of(record: ScrapeRecord, names: tuple, labels: list) -> _Plan | None:
+def _plan_of(fams, names: tuple, labels: list) -> _Plan | None:
     """The grouping plan of a scrape shape: `_group_rows` run over sample indices."""
-    fams = record.families
     counters: dict[str, int] = {}
     gauges: dict[str, int] = {}
     hists: dict[str, list] = {}
@@ -201,7 +209,7 @@ def group_samples(record: ScrapeRecord) -> Scrape:
     elif len(_PLANS) >= _MAX_PLANS:
         _PLANS.clear()
     out = _group_rows(record)
-    plan = _plan_of(record, names, labels)
+    plan = _plan_of(fams, names, labels)
     if plan is not None:
         plans = _PLANS.setdefault(names, [])
         if len(plans) < 8:
@@ -213,14 +221,93 @@ def _apply_plan(plan: _Plan, values: list) -> Scrape:
     out = Scrape()
     out.counters = {series: values[i] for series, i in plan.counters}
     out.gauges = {series: values[i] for series, i in plan.gauges}
-    hists = out.hists
+    out.hists = _plan_hists(plan, values)
+    return out
+
+
+def _plan_hists(plan: _Plan, values: list) -> dict[str, HistogramSnapshot]:
+    hists = {}
     nan = math.nan
     for series, les, at, count_at, sum_at, scale in plan.hists:
         buckets = dict(zip(les, [values[i] for i in at]))
         snap = HistogramSnapshot(buckets, buckets[math.inf] if count_at is None else values[count_at],
                                  nan if sum_at is None else values[sum_at])
         hists[series] = to_seconds(snap, scale) if scale != 1.0 else snap
-    return out
+    return hists
+
+
+def _picker(indices: list) -> Callable[[list], tuple]:
+    """values -> (values[i] for i in indices), as a tuple (itemgetter, which gives a single
+    item for a single index)."""
+    if len(indices) > 1:
+        return itemgetter(*indices)
+    return lambda values: tuple([values[i] for i in indices])
+
+
+class _HistPlan:
+    """A plan's histograms, their buckets as one list (each series' sorted by bound)."""
+
+    __slots__ = ("series", "les_json", "keys", "buckets_of", "parts", "entries")
+
+    def __init__(self, entries: list) -> None:
+        # entries: (series, bounds as JSON, le keys, bucket indices by bound, count index, sum index)
+        self.series = [e[0] for e in entries]
+        self.les_json = [e[1] for e in entries]
+        self.keys = [e[2] for e in entries]
+        self.buckets_of = _picker([i for e in entries for i in e[3]])  # values -> all series' bucket counts
+        self.parts = []  # slice of each series' buckets in buckets_of(values)
+        self.entries = []  # (series, bounds as JSON, keys, index of the +Inf bucket, count index, sum index, part)
+        start = 0
+        for series, les_json, keys, at, count_at, sum_at in entries:
+            part = slice(start, start + len(at))
+            start += len(at)
+            self.parts.append(part)
+            self.entries.append((series, les_json, keys, part.stop - 1, count_at, sum_at, part))
+
+
+class _Ingest:
+    """A plan as parallel lists, for folding a scrape of its shape into the node state
+    straight from its values (`_fold_*_fast`): no dict per kind, no snapshot per histogram,
+    all histograms' buckets stepped as one list, the common case of each rule inline."""
+
+    __slots__ = ("plan", "counters", "counter_at", "gauges", "gauge_at", "sync", "hists")
+
+    def __init__(self, plan: _Plan) -> None:
+        self.plan = plan
+        self.counters = [series for series, _ in plan.counters]
+        self.counter_at = [i for _, i in plan.counters]
+        self.gauges = [series for series, _ in plan.gauges]
+        self.gauge_at = [i for _, i in plan.gauges]
+        # the gauges sync_health reads, in the gauges' order
+        self.sync = [(series, i) for series, i in plan.gauges
+                     if series.partition("|")[0] in (LAST_SYNC, LAST_QUEUED)]
+        # (series, bounds as JSON, le keys, bucket indices by bound, count index, sum index) of
+        # each histogram, or None when one is scaled or has a NaN bound (the general rules)
+        hists: list | None = []
+        for series, les, at, count_at, sum_at, scale in plan.hists:
+            if scale != 1.0 or any(le != le for le in les):
+                hists = None
+                break
+            by_bound = sorted(zip(les, at))
+            bounds = tuple(le for le, _ in by_bound)
+            hists.append((series, _les_json(bounds), _les_keys(bounds), [i for _, i in by_bound], count_at, sum_at))
+        self.hists = None if hists is None else _HistPlan(hists)
+
+
+#: a scrape shape (contracts.records_fast) -> its ingest plan, None if it has none
+_INGESTS: dict[ScrapeShape, _Ingest | None] = {}
+
+
+def _ingest_of(shape: ScrapeShape) -> _Ingest | None:
+    try:
+        return _INGESTS[shape]
+    except KeyError:
+        pass
+    if len(_INGESTS) >= _MAX_PLANS:
+        _INGESTS.clear()
+    plan = _plan_of(shape.families, shape.names, list(shape.labels))
+    ingest = _INGESTS[shape] = None if plan is None else _Ingest(plan)
+    return ingest
 
 
 def _group_rows(record: ScrapeRecord) -> Scrape:
@@ -282,7 +369,7 @@ def _classify(name: str, fams) -> tuple[str, str, str]:
 
 # -- state --------------------------------------------------------------------------------
 
-def new_state(record: ScrapeRecord) -> dict[str, Any]:
+def new_state(record: ScrapeRecord | DecodedScrape) -> dict[str, Any]:
     return {"cluster": record.cluster, "node": record.node, "off": -1, "ts": None, "seen": None,
             "first": {}, "cb": {}, "hb": {}, "win": {}, "slo": []}
 
@@ -316,6 +403,38 @@ def count_duplicate(state: dict, ts_ms: int, settings: StreamSettings) -> None:
 
 def apply_scrape(state: dict, record: ScrapeRecord, settings: StreamSettings) -> None:
     """Fold one new scrape (newer than state["ts"], windows open) into the node state."""
+    targets, last = _count_scrape(state, record, settings)
+    if not record.up or not record.kube_proxy_metrics:
+        return  # keep the baselines: the next good scrape's delta covers the gap
+    scrape = group_samples(record)
+    _fold_counters(state, targets, scrape.counters)
+    _fold_hists(state, targets, scrape.hists)
+    _fold_gauges(targets, scrape.gauges)
+    last["since_sync"], last["stall"] = sync_health(scrape.gauges, record.scrape_ts_ms)
+
+
+def apply_decoded(state: dict, scrape: DecodedScrape, settings: StreamSettings) -> None:
+    """apply_scrape for a decoded scrape: one of a known shape is folded by its ingest plan
+    (same state, bit for bit; tests/streams/test_ingest_fast.py holds them equal)."""
+    ingest = None if scrape.shape is None else _ingest_of(scrape.shape)
+    if ingest is None:
+        apply_scrape(state, scrape.record, settings)
+        return
+    targets, last = _count_scrape(state, scrape, settings)
+    if not scrape.up or not scrape.kube_proxy_metrics:
+        return
+    values = scrape.values
+    if not _fold_counters_fast(state, targets, ingest.counters, [values[i] for i in ingest.counter_at]):
+        _fold_counters(state, targets, {series: values[i] for series, i in ingest.plan.counters})
+    if ingest.hists is None or not _fold_hists_fast(state, targets, ingest.hists, values):
+        _fold_hists(state, targets, _plan_hists(ingest.plan, values))
+    _fold_gauges_fast(targets, ingest.gauges, [values[i] for i in ingest.gauge_at])
+    last["since_sync"], last["stall"] = sync_health({series: values[i] for series, i in ingest.sync},
+                                                    scrape.scrape_ts_ms)
+
+
+def _count_scrape(state: dict, record: ScrapeRecord | DecodedScrape, settings: StreamSettings) -> tuple[list, dict]:
+    """Count the scrape in its open windows; (those windows' partials, its `last` entry)."""
     ts = record.scrape_ts_ms
     targets = [open_partial(state, size, start) for size, start in windows_of(ts, settings)]
     state["ts"] = ts
@@ -326,15 +445,15 @@ def apply_scrape(state: dict, record: ScrapeRecord, settings: StreamSettings) ->
         partial["scrapes"] += 1
         partial["up"] += 1 if record.up else 0
         partial["last"] = last
-    if not record.up or not record.kube_proxy_metrics:
-        return  # keep the baselines: the next good scrape's delta covers the gap
-    scrape = group_samples(record)
+    return targets, last
 
-    # counters: Prometheus reset rule, per series; series gone from the scrape are forgotten
+
+def _fold_counters(state: dict, targets: list, counters: dict[str, float]) -> None:
+    """Prometheus' reset rule, per series; series gone from the scrape are forgotten."""
     old_cb = state["cb"]
     new_cb: dict[str, float] = {}
     counter_step, counter_push = CounterIncrease.step, CounterIncrease.push
-    for series, value in scrape.counters.items():
+    for series, value in counters.items():
         inc, baseline, _reset = counter_step(old_cb.get(series), value)
         if baseline is not None:
             new_cb[series] = baseline
@@ -342,10 +461,32 @@ def apply_scrape(state: dict, record: ScrapeRecord, settings: StreamSettings) ->
             counter_push(partial["c"], series, inc)
     state["cb"] = new_cb
 
+
+def _fold_counters_fast(state: dict, targets: list, series: list, values: list) -> bool:
+    """_fold_counters when every series has a finite baseline and a finite value not below
+    it (then the increase is value − baseline and the value the new baseline); False, with
+    nothing changed, otherwise."""
+    baselines = state["cb"]
+    increases = []
+    for name, value in zip(series, values):
+        previous = baselines.get(name)
+        # False for a NaN, an infinity, a value that went down (a reset) or no baseline
+        if previous is None or not -_INF < previous <= value < _INF:
+            return False
+        increases.append(value - previous)
+    state["cb"] = dict(zip(series, values))
+    for partial in targets:
+        window = partial["c"]
+        for name, increase in zip(series, increases):
+            window[name] = window.get(name, 0.0) + increase
+    return True
+
+
+def _fold_hists(state: dict, targets: list, hists: dict[str, HistogramSnapshot]) -> None:
     old_hb = state["hb"]
     new_hb: dict[str, list] = {}
     hist_step, hist_push = HistogramDeltas.step, HistogramDeltas.push
-    for series, snap in scrape.hists.items():
+    for series, snap in hists.items():
         keys, deltas, dcount, dsum, baseline = hist_step(old_hb.get(series), snap)
         if baseline is not None:
             new_hb[series] = baseline
@@ -356,12 +497,76 @@ def apply_scrape(state: dict, record: ScrapeRecord, settings: StreamSettings) ->
             hist_push(h, keys, deltas, dcount, dsum)
     state["hb"] = new_hb
 
+
+def _fold_hists_fast(state: dict, targets: list, hists: _HistPlan, values: list) -> bool:
+    """_fold_hists when every series steps by HistogramDeltas.step's common case (a baseline
+    with the same bounds, every count finite, nothing went down: aggregators._common_step),
+    all series' buckets as one list; False, with nothing changed, otherwise."""
+    previous = list(map(state["hb"].get, hists.series))
+    if None in previous or list(map(_first, previous)) != hists.les_json:
+        return False
+    counts = list(hists.buckets_of(values))
+    prev_counts = list(chain.from_iterable(map(_second, previous)))
+    if len(prev_counts) != len(counts):
+        return False
+    deltas = list(map(sub, counts, prev_counts))
+    # every count finite (a NaN or an infinity makes the sum one) and none went down
+    if counts and not (_isfinite(sum(counts)) and _isfinite(sum(deltas)) and min(deltas) >= 0):
+        return False
+    nan = math.nan
+    dcounts, dsums, baselines = [], [], []
+    for (_series, les_json, _keys, last, count_at, sum_at, part), (_les, _c, prev_count, prev_sum_json) in zip(
+            hists.entries, previous):
+        count = counts[last] if count_at is None else values[count_at]  # the +Inf bucket is the last
+        total = nan if sum_at is None else values[sum_at]
+        prev_sum = prev_sum_json if type(prev_sum_json) is float else float_from_json(prev_sum_json)
+        if not (_isfinite(count) and count >= prev_count):
+            return False
+        if total < prev_sum and _isfinite(total) and _isfinite(prev_sum):
+            return False
+        dcounts.append(count - prev_count)
+        dsums.append(total - prev_sum)
+        baselines.append([les_json, counts[part], count, total if -_INF < total < _INF else float_to_json(total)])
+    state["hb"] = dict(zip(hists.series, baselines))
+    steps = list(zip(hists.series, hists.keys, map(deltas.__getitem__, hists.parts), dcounts, dsums))
+    push, new = HistogramDeltas.push, HistogramDeltas.new
+    for partial in targets:
+        window = partial["h"]
+        for series, keys, series_deltas, dcount, dsum in steps:
+            h = window.get(series)
+            if h is None:
+                h = window[series] = new()
+            push(h, keys, series_deltas, dcount, dsum)
+    return True
+
+
+def _fold_gauges(targets: list, gauges: dict[str, float]) -> None:
     gauge_push = GaugeStats.push
-    for series, value in scrape.gauges.items():
+    for series, value in gauges.items():
         for partial in targets:
             g = partial["g"]
             g[series] = gauge_push(g.get(series), value)
-    last["since_sync"], last["stall"] = sync_health(scrape.gauges, ts)
+
+
+def _fold_gauges_fast(targets: list, series: list, values: list) -> None:
+    """_fold_gauges, GaugeStats.push inlined for values that are all finite."""
+    if not _isfinite(sum(values)):  # a NaN or an infinity makes the sum one
+        _fold_gauges(targets, dict(zip(series, values)))
+        return
+    for partial in targets:
+        window = partial["g"]
+        for name, value in zip(series, values):
+            stats = window.get(name)
+            if stats is None:
+                window[name] = [value, value, value]
+                continue
+            stats[0] = value
+            # a min or max that is not finite is a string ("NaN", "+Inf", "-Inf"): replaced
+            low, high = stats[1], stats[2]
+            if type(low) is str or value < low:
+                stats[1] = value
+            if type(high) is str or value > high:
+                stats[2] = value
 
 
 def sync_health(gauges: dict[str, float], ts_ms: int) -> tuple[float | None, float | None]:

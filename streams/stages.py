@@ -43,7 +43,7 @@ from contracts.dlq import dlq_key
 from contracts.late import late_partial, late_scrape
 from streams import aggregate, cluster, heap, node_state, partition, statecodec
 from streams.config import StreamSettings
-from contracts.records_fast import fast_decode
+from contracts.records_fast import decode_scrape
 from streams.selfmetrics import NO_METRICS
 
 log = logging.getLogger("kpp.stream")
@@ -371,7 +371,7 @@ class NodeStage:
         self.last_event[part] = self.clock()
         out, cache = self.out, self.cache
         try:
-            record = fast_decode(value)
+            scrape = decode_scrape(value)  # the ScrapeRecord itself is built only if asked for
         except DecodeError as exc:
             self.stats["dlq"] += 1
             self.metrics.dead_lettered("malformed")
@@ -385,14 +385,14 @@ class NodeStage:
             cache.put(part, pkey, pstate)
             return
         pkey = f"partition:{part}"
-        nkey = f"node:{record.node}"
+        nkey = f"node:{scrape.node}"
         pstate = cache.get(pkey)
         if pstate is None:
             pstate = partition.new_partition_state()
         self._consumed(pstate, offset)
         nstate = cache.get(nkey)
         replay = nstate is not None and offset <= nstate["off"]
-        ts = record.scrape_ts_ms
+        ts = scrape.scrape_ts_ms
         tracing = trace_log.isEnabledFor(logging.DEBUG)
         if pstate["idle"]:
             pstate["idle"] = False
@@ -405,24 +405,24 @@ class NodeStage:
                 self.stats["late"] += 1
                 self.metrics.late(reason)
                 if reason != partition.WINDOW_CLOSED:
-                    self._reject(record.node, reason, detail, part, offset, pstate, nstate)
-                late_record = late_scrape(reason, detail, self.topics.samples, part, offset, record)
+                    self._reject(scrape.node, reason, detail, part, offset, pstate, nstate)
+                late_record = late_scrape(reason, detail, self.topics.samples, part, offset, scrape.record)
                 await out.put(self.topics.late, late_record.key, late_record.encode(), late_timestamp(reason, ts))
                 if nstate is not None:
                     nstate["off"] = offset
                     cache.put(part, nkey, nstate)
                 cache.put(part, pkey, pstate)
                 if tracing:
-                    self._trace("late", part, offset, record.node, ts)
+                    self._trace("late", part, offset, scrape.node, ts)
                 return
-        partition.observe(pstate, ts, record.node, self.settings)
+        partition.observe(pstate, ts, scrape.node, self.settings)
         due = partition.due_windows(pstate, self.settings)
         if due:
             await self._close(out, part, pstate, due, idle=False)
             nstate = cache.get(nkey)  # the close may have changed or dropped it
         if not replay:
             if nstate is None:
-                nstate = node_state.new_state(record)
+                nstate = node_state.new_state(scrape)
             if nstate["ts"] is not None and ts <= nstate["ts"]:
                 self.stats["duplicates"] += 1
                 node_state.count_duplicate(nstate, ts, self.settings)
@@ -432,12 +432,12 @@ class NodeStage:
                 # over what a changelog record may hold: checked, and undone if so
                 checked = max(len(value), cache.stored_size(nkey)) >= statecodec.COMPRESS_FROM
                 before = orjson.dumps(nstate) if checked else b""
-                nstate["cluster"] = record.cluster
-                node_state.apply_scrape(nstate, record, self.settings)
+                nstate["cluster"] = scrape.cluster
+                node_state.apply_decoded(nstate, scrape, self.settings)
                 what = "applied"
                 if checked and not statecodec.fits(encoded := statecodec.encode(nstate)):
                     nstate = orjson.loads(before)
-                    what = await self._state_too_large(part, offset, key, value, record.node, len(encoded))
+                    what = await self._state_too_large(part, offset, key, value, scrape.node, len(encoded))
                 else:
                     self.stats["scrapes"] += 1
             nstate["off"] = offset
@@ -446,7 +446,7 @@ class NodeStage:
             self.stats["replayed"] += 1
             what = f"replayed (node state at offset {nstate['off']})"
         if tracing:
-            self._trace(what, part, offset, record.node, ts)
+            self._trace(what, part, offset, scrape.node, ts)
         cache.put(part, pkey, pstate)  # written only if its encoding changed
 
     async def _state_too_large(self, part: int, offset: int, key: bytes | None, value: bytes, node: str,
