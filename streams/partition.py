@@ -30,7 +30,7 @@ Event time is bounded, so that no input can make the stage enumerate unbounded w
 
 from __future__ import annotations
 
-from bisect import insort
+from bisect import bisect_left
 
 # the reasons of `<prefix>.late` records: the late-record contract's closed set
 from contracts.late import CLOCK_SKEW, TOO_OLD, WINDOW_CLOSED
@@ -69,8 +69,10 @@ def observe(state: dict, ts_ms: int, node: str, settings: StreamSettings) -> Non
     prev = state["max"]
     if prev is None or ts_ms > prev:
         state["max"] = ts_ms
-    if node not in state["nodes"]:
-        insort(state["nodes"], node)
+    nodes = state["nodes"]  # sorted: found by bisection (a partition may know thousands)
+    at = bisect_left(nodes, node)
+    if at == len(nodes) or nodes[at] != node:
+        nodes.insert(at, node)
     for size in settings.sizes_ms:
         state["next"].setdefault(str(size), window_start(ts_ms, size))
     horizon = quiet_horizon_ms(settings)

@@ -7,6 +7,8 @@ The node stage is driven in-process over dict tables with a fake trusted clock."
 
 from __future__ import annotations
 
+import random
+
 import asyncio
 import time
 
@@ -240,3 +242,12 @@ def test_replay_trusts_the_kafka_timestamp_up_to_the_range_end():
 def test_the_live_trusted_clock_is_the_wall_clock():
     stage = NodeStage(S, {}, None)  # type: ignore[arg-type]
     assert abs(stage.trusted_clock_ms() - time.time() * 1000) < 5_000
+
+
+def test_observe_keeps_the_partitions_nodes_sorted_and_each_once() -> None:
+    rng = random.Random(11)
+    names = [f"node-{rng.randrange(300):03d}" for _ in range(2000)]
+    p = partition.new_partition_state()
+    for i, name in enumerate(names):
+        partition.observe(p, NOW + i, name, S)
+    assert p["nodes"] == sorted(set(names))
