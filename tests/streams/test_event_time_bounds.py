@@ -7,9 +7,8 @@ The node stage is driven in-process over dict tables with a fake trusted clock."
 
 from __future__ import annotations
 
-import random
-
 import asyncio
+import random
 import time
 
 import orjson
