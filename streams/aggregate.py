@@ -12,12 +12,11 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from contracts.derived import DerivedRecord
-from streams.aggregators import (CounterIncrease, GaugeStats, HistogramDeltas, add_buckets, bound_pairs,
+from streams.aggregators import (CounterIncrease, GaugeStats, HistogramDeltas, add_buckets, bucket_quantiles,
                                  entry_quantile)
 from streams.config import StreamSettings, quantile_name
 from streams.node_state import NETPROG
 from streams.node_state import split_sid as _split_sid  # data_records picks the scope's variant
-from streams.quantiles import histogram_quantile
 
 #: Counters whose increase is a restore failure (health: "restore_failures").
 RESTORE_FAILURES = (
@@ -194,7 +193,7 @@ def pooled(history: list) -> tuple[dict[str, float], float]:
     for entry in history:
         buckets, c = entry[1], entry[2]
         # per bound, the windows are added in history order; the key order does not matter
-        # (histogram_quantile sorts by bound)
+        # (the quantiles sort by bound)
         add_buckets(total, buckets)
         count += c
     return total, count
@@ -213,7 +212,7 @@ def slo_record(scope: str, cluster: str, node: str | None, end: int, history: li
     """
     q = settings.slo_quantile
     buckets, count = pooled(history)
-    sli = histogram_quantile(q, bound_pairs(buckets)) if count > 0 else None
+    sli = bucket_quantiles((q,), buckets)[0] if count > 0 else None
     per_window = []
     for entry in history:
         if entry[2] > 0:

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, TypeVar
 from contracts.codec import float_from_json, float_to_json
 from streams.config import quantile_name
 from streams.deltas import HistogramSnapshot, counter_delta, histogram_delta
-from streams.quantiles import histogram_mean, histogram_quantile, histogram_quantiles
+from streams.quantiles import histogram_mean, histogram_quantile, histogram_quantiles, plain_quantiles
 
 K = TypeVar("K")
 
@@ -189,7 +189,7 @@ class HistogramDeltas:
         buckets, count, total = window
         values: dict[str, float | None] = {}
         if count > 0:
-            for q, value in zip(quantiles, histogram_quantiles(quantiles, bound_pairs(buckets))):
+            for q, value in zip(quantiles, bucket_quantiles(quantiles, buckets)):
                 values[quantile_name(q)] = value
         else:
             for q in quantiles:
@@ -297,6 +297,42 @@ def bound_pairs(buckets: dict[str, float]) -> list[tuple[float, float]]:
     return list(zip(bounds, buckets.values()))
 
 
+#: `le` key layout -> (its bounds in increasing order, the positions of the keys in that
+#: order, None when they are in it already), or None when bounds repeat or miss +Inf
+_PLAIN_LAYOUTS: dict[tuple, tuple | None] = {}
+
+
+def _plain_layout(keys: tuple) -> tuple | None:
+    layout = _PLAIN_LAYOUTS.get(keys, False)
+    if layout is False:
+        bounds = list(map(le_from_key, keys))
+        order = sorted(range(len(keys)), key=bounds.__getitem__)
+        ordered = [bounds[i] for i in order]
+        plain = (bool(ordered) and ordered[-1] == math.inf
+                 and all(a < b for a, b in zip(ordered, ordered[1:])))  # also False for a NaN bound
+        layout = (ordered, None if order == list(range(len(keys))) else order) if plain else None
+        if len(_PLAIN_LAYOUTS) >= 10_000:
+            _PLAIN_LAYOUTS.clear()
+        _PLAIN_LAYOUTS[keys] = layout
+    return layout
+
+
+def bucket_quantiles(qs: Iterable[float], buckets: dict[str, float]) -> list[float]:
+    """``histogram_quantiles(qs, bound_pairs(buckets))``: for a layout of distinct bounds up to
+    +Inf and ordinary counts, straight from the counts in bound order (quantiles.plain_quantiles)."""
+    qs = tuple(qs)
+    layout = _plain_layout(tuple(buckets))
+    if layout is not None:
+        bounds, order = layout
+        counts = list(buckets.values())
+        if order is not None:
+            counts = [counts[i] for i in order]
+        values = plain_quantiles(qs, bounds, counts)
+        if values is not None:
+            return values
+    return histogram_quantiles(qs, bound_pairs(buckets))
+
+
 _BY_BOUND: dict[tuple, list] = {}
 
 
@@ -319,7 +355,7 @@ def slo_entry(start: int, buckets: dict[str, float], count: float, q: float) -> 
     [start, pooled bucket deltas, count, q, the window's own q-quantile (None without
     observations)]. The quantile is computed once, when the window closes, instead of at
     each of the slo_window / step SLO records the window is part of."""
-    return [start, buckets, count, q, histogram_quantile(q, bound_pairs(buckets)) if count > 0 else None]
+    return [start, buckets, count, q, bucket_quantiles((q,), buckets)[0] if count > 0 else None]
 
 
 def entry_quantile(entry: list, q: float) -> float:
@@ -327,4 +363,4 @@ def entry_quantile(entry: list, q: float) -> float:
     entry written by an earlier version ([start, buckets, count]) or for another q."""
     if len(entry) >= 5 and entry[3] == q and entry[4] is not None:
         return entry[4]
-    return histogram_quantile(q, bound_pairs(entry[1]))
+    return bucket_quantiles((q,), entry[1])[0]

@@ -7,6 +7,8 @@ import math
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.aggregators import (
     CounterIncrease,
@@ -14,9 +16,11 @@ from streams.aggregators import (
     HistogramDeltas,
     add_buckets,
     bound_pairs,
+    bucket_quantiles,
     keys_by_bound,
 )
 from streams.deltas import HistogramSnapshot
+from streams.quantiles import histogram_quantile, histogram_quantiles
 
 INF = math.inf
 NAN = math.nan
@@ -178,3 +182,77 @@ def test_cluster_merge_of_partials_one_at_a_time_equals_the_merge_of_all():
     settings = StreamSettings(topic_prefix="u")
     in_order = aggregate.merge_in_order(iter(sorted(partials, key=lambda p: p["node"])), settings)
     assert orjson.dumps(in_order) == orjson.dumps(aggregate.merge(partials, settings))
+
+
+# -- quantiles of bucket deltas: the one-pass path against the general one ---------------------
+
+def same_floats(a: list, b: list) -> bool:
+    """Equal float for float, NaN equal to NaN and 0.0 unequal to -0.0."""
+    return [repr(x) for x in a] == [repr(x) for x in b]
+
+
+LE_KEYS = ["0", "0.001", "0.002", "0.004", "0.5", "1", "1.0", "2.5", "10", "-1", "1e-3", "+Inf"]
+QS = st.lists(st.sampled_from([0.0, 0.5, 0.9, 0.99, 1.0, NAN, -0.5, 1.5]) | st.floats(0.0, 1.0),
+              min_size=1, max_size=4)
+ODD_COUNTS = st.sampled_from([0.0, -0.0, 1.0, 2.0, 0.5, -3.0, NAN, INF, -INF, 1e12, 1e12 + 1, 1e-320, 3])
+
+
+@st.composite
+def bucket_deltas(draw: st.DrawFn) -> dict[str, float]:
+    """Bucket deltas keyed by `le` text: usually an ordinary cumulative layout up to +Inf (in bound
+    order, or not), sometimes duplicate bounds ("1" and "1.0"), no +Inf, or odd counts (NaN,
+    ±Inf, negative, ints, dips, huge counts with tiny rises, denormals)."""
+    keys = draw(st.lists(st.sampled_from(LE_KEYS[:-1]), max_size=8, unique=True))
+    if draw(st.integers(0, 9)) > 0:
+        keys.append("+Inf")
+    keys.sort(key=float)
+    if draw(st.booleans()):
+        keys = draw(st.permutations(keys))
+    base = draw(st.sampled_from([0.0, 0.0, 1e12, -1e12, 1e-300]))
+    total, counts = base, []
+    for _ in keys:
+        total += draw(st.sampled_from([0.0, 1.0, 3.0, 0.25, 2e12]) | st.integers(0, 1000).map(float))
+        counts.append(total)
+    by_bound = sorted(range(len(keys)), key=lambda i: float(keys[i]))
+    count_of = {keys[i]: count for i, count in zip(by_bound, counts)}
+    buckets = {key: count_of[key] for key in keys}  # in the drawn key order
+    for key in draw(st.lists(st.sampled_from(keys), max_size=2)) if keys else []:
+        buckets[key] = draw(ODD_COUNTS)
+    return buckets
+
+
+@settings(max_examples=2000)
+@given(buckets=bucket_deltas(), qs=QS)
+def test_bucket_quantiles_equal_the_general_interpolation(buckets: dict[str, float], qs: list[float]) -> None:
+    assert same_floats(bucket_quantiles(qs, buckets), histogram_quantiles(qs, bound_pairs(buckets)))
+    for q in qs:
+        assert same_floats(bucket_quantiles([q], buckets), [histogram_quantile(q, bound_pairs(buckets))])
+
+
+@pytest.mark.parametrize("buckets", [
+    {"0.5": 1.0, "1": 3.0, "+Inf": 4.0},  # the common case
+    {"+Inf": 4.0, "0.5": 1.0, "1": 3.0},  # keys not in bound order
+    {"0": 0.0, "0.5": 0.0, "+Inf": 0.0},  # no observations
+    {"0": 2.0, "0.5": 2.0, "+Inf": 2.0},  # all in le="0"
+    {"0.5": 1.0, "1": 3.0},  # no +Inf bucket
+    {"1": 1.0, "1.0": 2.0, "+Inf": 4.0},  # one bound spelled twice
+    {"0.5": 3.0, "1": 1.0, "+Inf": 4.0},  # a dip
+    {"0.5": NAN, "1": 3.0, "+Inf": 4.0},
+    {"0.5": 1.0, "1": 3.0, "+Inf": INF},
+    {"0.5": -1.0, "1": 3.0, "+Inf": 4.0},
+    {"0.5": 1e12, "1": 1e12 + 1.0, "+Inf": 1e12 + 2.0},  # rises within the small-delta tolerance
+    {"0.5": -1e12, "1": -1e12 + 1.0, "+Inf": 5.0},  # the same, from below zero
+    {"0.5": 0.0, "1": 1e-320, "+Inf": 2e-320},  # rises within the absolute tolerance near zero
+    {"0.5": 1, "1": 3, "+Inf": 4},  # ints
+    {"+Inf": 1.0},
+])
+def test_bucket_quantiles_table(buckets: dict[str, float]) -> None:
+    qs = (0.0, 0.5, 0.9, 0.99, 1.0)
+    assert same_floats(bucket_quantiles(qs, buckets), histogram_quantiles(qs, bound_pairs(buckets)))
+
+
+def test_bucket_quantiles_of_a_nan_bound_raise_as_before() -> None:
+    with pytest.raises(ValueError):
+        histogram_quantiles((0.5,), bound_pairs({"NaN": 1.0, "+Inf": 2.0}))
+    with pytest.raises(ValueError):
+        bucket_quantiles((0.5,), {"NaN": 1.0, "+Inf": 2.0})
