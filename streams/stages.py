@@ -552,7 +552,7 @@ class NodeStage:
                 partial = node_state.close_window(st, size, start, self.settings)
                 if partial is None:
                     continue
-                records.extend(encoded_records(aggregate.node_records(partial, self.settings), self.topics))
+                records.extend(aggregate.node_outputs(partial, self.settings))
                 partial.pop("slo", None)
                 partial["src"] = part
                 partial["type"] = "partial"
@@ -679,8 +679,7 @@ class ClusterStage:
             merged = aggregate.merge_in_order(partials, self.settings)
             history = (cluster.roll_slo(index, name, start, merged, self.settings)
                        if size == self.settings.step_s * 1000 else None)
-            await out.records(aggregate.cluster_records(name, size, start, merged, self.settings, history),
-                              self.topics)
+            await out.encoded(aggregate.cluster_outputs(name, size, start, merged, self.settings, history))
             for k in keys:
                 cache.delete(q, k)  # written after the outputs were acknowledged
             self.stats["windows"] += 1
