@@ -14,8 +14,8 @@ from typing import Any, Iterable
 from contracts.codec import dumps
 from contracts.derived import DerivedRecord
 from contracts.derived_fast import RecordEncoder
-from streams.aggregators import (CounterIncrease, GaugeStats, HistogramDeltas, add_buckets, bucket_quantiles,
-                                 entry_quantile)
+from streams.aggregators import (CounterIncrease, GaugeStats, HistogramDeltas, bucket_quantiles, entry_quantile,
+                                 sum_buckets)
 from streams.config import StreamSettings, quantile_name
 from streams.node_state import NETPROG
 from streams.node_state import split_sid as _split_sid  # data_records picks the scope's variant
@@ -190,15 +190,12 @@ def cluster_records(cluster: str, size: int, start: int, merged: dict, settings:
 
 
 def pooled(history: list) -> tuple[dict[str, float], float]:
-    total: dict[str, float] = {}
+    # per bound, the windows are added in history order; the key order does not matter
+    # (the quantiles sort by bound)
     count = 0.0
     for entry in history:
-        buckets, c = entry[1], entry[2]
-        # per bound, the windows are added in history order; the key order does not matter
-        # (the quantiles sort by bound)
-        add_buckets(total, buckets)
-        count += c
-    return total, count
+        count += entry[2]
+    return sum_buckets([entry[1] for entry in history]), count
 
 
 def slo_record(scope: str, cluster: str, node: str | None, end: int, history: list,

@@ -50,6 +50,25 @@ def add_buckets(into: dict[K, float], buckets: Mapping[K, float], keys: Iterable
         into[key] = get(key, 0.0) + buckets[key]
 
 
+def sum_buckets(windows: Iterable[Mapping[K, float]]) -> dict[K, float]:
+    """Bucket deltas summed by bound in the order given: the dict (values and key order) that
+    add_buckets of each into an empty one gives. Of one layout (the usual case), summed
+    column by column without a dict per addition."""
+    nonempty = [w for w in windows if w]  # an empty one adds nothing
+    if not nonempty:
+        return {}
+    keys = list(nonempty[0])
+    if any(list(w) != keys for w in nonempty):
+        total: dict[K, float] = {}
+        for w in nonempty:
+            add_buckets(total, w)
+        return total
+    sums = [0.0] * len(keys)  # 0.0 + the first: as add_buckets starts a new bound
+    for w in nonempty:
+        sums = list(map(add, sums, w.values()))
+    return dict(zip(keys, sums))
+
+
 class CounterIncrease:
     """The increase of one counter series over a window (Prometheus' reset rule, no
     extrapolation); the node state keeps the last finite value as the baseline."""
@@ -181,24 +200,35 @@ class HistogramDeltas:
         buckets, count, total = other
         add_buckets(window[0], buckets, keys_by_bound(buckets))
         window[1] += count
-        window[2] = float_to_json(float_from_json(window[2]) + float_from_json(total))
+        window[2] = _sum_json(window[2], total)
 
     @staticmethod
     def flush(window: list, quantiles: Iterable[float]) -> dict[str, Any]:
         """Quantiles (interpolated over the summed bucket deltas), mean, count and sum."""
         buckets, count, total = window
-        values: dict[str, float | None] = {}
+        names = _quantile_names(quantiles)
         if count > 0:
-            for q, value in zip(quantiles, bucket_quantiles(quantiles, buckets)):
-                values[quantile_name(q)] = value
+            values: dict[str, float | None] = dict(zip(names, bucket_quantiles(quantiles, buckets)))
         else:
-            for q in quantiles:
-                values[quantile_name(q)] = None
+            values = dict.fromkeys(names)
         total = float_from_json(total)
         values["mean"] = histogram_mean(total, count)
         values["count"] = count
         values["sum"] = total if count > 0 else 0.0
         return values
+
+
+_QUANTILE_NAMES: dict[tuple, tuple] = {}
+
+
+def _quantile_names(quantiles: Iterable[float]) -> tuple:
+    quantiles = tuple(quantiles)
+    names = _QUANTILE_NAMES.get(quantiles)
+    if names is None:
+        names = _QUANTILE_NAMES[quantiles] = tuple(map(quantile_name, quantiles))
+        if len(_QUANTILE_NAMES) > 100:
+            _QUANTILE_NAMES.clear()
+    return names
 
 
 def _add_json(total: Any, delta: float) -> Any:
@@ -262,15 +292,34 @@ class GaugeStats:
         last, lo, hi = other
         if window is None:
             return [last, lo, hi]
-        window[0] = float_to_json(float_from_json(window[0]) + float_from_json(last))
-        window[1] = float_to_json(_nan_min(float_from_json(window[1]), float_from_json(lo)))
-        window[2] = float_to_json(_nan_max(float_from_json(window[2]), float_from_json(hi)))
+        window[0] = _sum_json(window[0], last)
+        a, b = window[1], lo
+        if type(a) is float and type(b) is float and a == a and b == b:  # neither a string nor NaN
+            m = b if b < a else a  # min(a, b)
+            window[1] = m if m - m == 0.0 else float_to_json(m)
+        else:
+            window[1] = float_to_json(_nan_min(float_from_json(a), float_from_json(b)))
+        a, b = window[2], hi
+        if type(a) is float and type(b) is float and a == a and b == b:
+            m = b if b > a else a  # max(a, b)
+            window[2] = m if m - m == 0.0 else float_to_json(m)
+        else:
+            window[2] = float_to_json(_nan_max(float_from_json(a), float_from_json(b)))
         return window
 
     @staticmethod
     def flush(window: list) -> dict[str, float]:
         last, lo, hi = window
         return {"last": float_from_json(last), "min": float_from_json(lo), "max": float_from_json(hi)}
+
+
+def _sum_json(a: Any, b: Any) -> Any:
+    """float_to_json(float_from_json(a) + float_from_json(b)): two JSON floats' sum as a JSON
+    float, without the conversions when both are floats (a finite sum stays as it is)."""
+    if type(a) is float and type(b) is float:
+        total = a + b
+        return total if total - total == 0.0 else float_to_json(total)
+    return float_to_json(float_from_json(a) + float_from_json(b))
 
 
 def _nan_min(a: float, b: float) -> float:

@@ -18,6 +18,7 @@ from streams.aggregators import (
     bound_pairs,
     bucket_quantiles,
     keys_by_bound,
+    sum_buckets,
 )
 from streams.deltas import HistogramSnapshot
 from streams.quantiles import histogram_quantile, histogram_quantiles
@@ -256,3 +257,68 @@ def test_bucket_quantiles_of_a_nan_bound_raise_as_before() -> None:
         histogram_quantiles((0.5,), bound_pairs({"NaN": 1.0, "+Inf": 2.0}))
     with pytest.raises(ValueError):
         bucket_quantiles((0.5,), {"NaN": 1.0, "+Inf": 2.0})
+
+
+# -- the cluster merge and the SLO pooling: fast paths against the general forms -------------
+
+JSON_FLOATS = (st.floats() | st.integers(-3, 3) | st.sampled_from(["NaN", "+Inf", "-Inf", "Inf", 0.0, -0.0, 1e308, NAN, INF])
+               | st.sampled_from([True]))
+
+
+def same_json(a: object, b: object) -> bool:
+    return repr(a) == repr(b)
+
+
+@settings(max_examples=1000)
+@given(windows=st.lists(st.sampled_from([["0.5", "1", "+Inf"], ["+Inf", "0.5", "1"], ["1", "+Inf"], []])
+                        .flatmap(lambda keys: st.fixed_dictionaries({k: st.floats() | st.integers(0, 9)
+                                                                     for k in keys})), max_size=6))
+def test_sum_buckets_equals_adding_one_after_another(windows: list[dict]) -> None:
+    total: dict = {}
+    for w in windows:
+        add_buckets(total, w)
+    summed = sum_buckets(windows)
+    assert list(summed) == list(total) and same_json(list(summed.values()), list(total.values()))
+
+
+def reference_gauge_merge(window: list | None, other: list) -> list:
+    """GaugeStats.merge as it was: every value through float_from_json and float_to_json."""
+    from contracts.codec import float_from_json, float_to_json
+    from streams.aggregators import _nan_max, _nan_min
+    last, lo, hi = other
+    if window is None:
+        return [last, lo, hi]
+    return [float_to_json(float_from_json(window[0]) + float_from_json(last)),
+            float_to_json(_nan_min(float_from_json(window[1]), float_from_json(lo))),
+            float_to_json(_nan_max(float_from_json(window[2]), float_from_json(hi)))]
+
+
+def outcome(f, *args):  # noqa: ANN001, ANN201
+    try:
+        return ("ok", repr(f(*args)))
+    except Exception as exc:  # noqa: BLE001
+        return ("raised", type(exc).__name__, str(exc))
+
+
+@settings(max_examples=2000)
+@given(window=st.none() | st.lists(JSON_FLOATS, min_size=3, max_size=3),
+       other=st.lists(JSON_FLOATS | st.sampled_from(["x", None]), min_size=3, max_size=3))
+def test_gauge_merge_equals_the_general_conversions(window: list | None, other: list) -> None:
+    expected = outcome(reference_gauge_merge, None if window is None else list(window), other)
+    assert outcome(GaugeStats.merge, None if window is None else list(window), other) == expected
+
+
+@settings(max_examples=1000)
+@given(total=JSON_FLOATS, other_total=JSON_FLOATS | st.sampled_from(["x"]))
+def test_histogram_merge_sum_equals_the_general_conversions(total, other_total) -> None:  # noqa: ANN001
+    from contracts.codec import float_from_json, float_to_json
+
+    def reference(a, b):  # noqa: ANN001, ANN202
+        return float_to_json(float_from_json(a) + float_from_json(b))
+
+    def merged_sum(a, b):  # noqa: ANN001, ANN202
+        window = [{"+Inf": 1.0}, 1.0, a]
+        HistogramDeltas.merge(window, [{"+Inf": 1.0}, 1.0, b])
+        return window[2]
+
+    assert outcome(merged_sum, total, other_total) == outcome(reference, total, other_total)
