@@ -19,6 +19,7 @@ not hold: this check may refuse a record the contract accepts (e.g. a float `sta
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import orjson
@@ -126,6 +127,22 @@ class RecordEncoder:
         """The record of `kind` with `metric_json` = dumps(metric), `labels_json` =
         dumps(dict(labels)) (a series' are encoded once by the caller) and `values` as floats
         or None, converted as DerivedRecord.to_json converts them."""
-        # float_to_json(None) is None: the contract's "None stays null" without a test per value
         return b"".join((self._head, labels_json, b',"metric":', metric_json, self._node, _SCHEMA_JSON[kind],
-                         self._scope, dumps({k: float_to_json(v) for k, v in values.items()}), self._window))
+                         self._scope, dumps(_values_json(values)), self._window))
+
+
+_isfinite = math.isfinite
+
+
+def _values_json(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """DerivedRecord.to_json's values: each float through float_to_json, None as null. Values
+    that are all finite numbers (their sum is finite; a None or a string raises) are their own
+    JSON form."""
+    if type(values) is dict:
+        try:
+            if _isfinite(sum(values.values())):
+                return values
+        except (TypeError, OverflowError):  # not all numbers; an int past any float
+            pass
+    # float_to_json(None) is None: the contract's "None stays null" without a test per value
+    return {k: float_to_json(v) for k, v in values.items()}
