@@ -18,6 +18,7 @@ import re
 import sys
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
+from itertools import groupby
 from operator import sub
 
 __all__ = [
@@ -169,14 +170,15 @@ def plain_quantiles(qs: Sequence[float], bounds: Sequence[float], counts: list[f
     if n < 2 or n != len(bounds):
         return None
     total = counts[-1]
-    rises = list(map(sub, counts[1:], counts))
-    # finite (a NaN or an infinity makes the sum one), starting at ≥ 0, never going down
-    if not (math.isfinite(total + sum(rises)) and counts[0] >= 0 and min(rises) >= 0 and total > 0):
+    # finite (a NaN or an infinity makes the sum one), from ≥ 0 to above 0
+    if not (math.isfinite(sum(counts)) and counts[0] >= 0 and total > 0):
         return None
-    # Each rise is neither a small delta to flatten: a rise d > 1e-11 × total between counts
-    # of at most total is > 5e-12 of their sum, far above the tolerance (and > the absolute
-    # one near zero once ≥ 1e-300).
-    smallest = min(filter(None, rises), default=total)
+    # Never going down, and no rise a small delta to flatten: a rise d > 1e-11 × total between
+    # counts of at most total is > 5e-12 of their sum, far above the tolerance (and above the
+    # absolute one near zero once ≥ 1e-300). The rises between runs of equal counts are few:
+    # most buckets repeat the one below.
+    distinct = [count for count, _ in groupby(counts)]
+    smallest = min(map(sub, distinct[1:], distinct), default=total)
     if not (smallest > total * (10 * SMALL_DELTA_TOLERANCE) and smallest >= 1e-300):
         return None
     out = []

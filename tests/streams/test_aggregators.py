@@ -239,10 +239,11 @@ def test_bucket_quantiles_equal_the_general_interpolation(buckets: dict[str, flo
     {"1": 1.0, "1.0": 2.0, "+Inf": 4.0},  # one bound spelled twice
     {"0.5": 3.0, "1": 1.0, "+Inf": 4.0},  # a dip
     {"0.5": NAN, "1": 3.0, "+Inf": 4.0},
+    {"0.5": 0.0, "1": 1.0, "2": NAN, "+Inf": 3.0},  # Go's search and a bisection part at a NaN
     {"0.5": 1.0, "1": 3.0, "+Inf": INF},
     {"0.5": -1.0, "1": 3.0, "+Inf": 4.0},
     {"0.5": 1e12, "1": 1e12 + 1.0, "+Inf": 1e12 + 2.0},  # rises within the small-delta tolerance
-    {"0.5": -1e12, "1": -1e12 + 1.0, "+Inf": 5.0},  # the same, from below zero
+    {"0.5": -1e12, "1": -1e12 + 1.0, "2": 5.0, "+Inf": 5.0},  # the same, from below zero
     {"0.5": 0.0, "1": 1e-320, "+Inf": 2e-320},  # rises within the absolute tolerance near zero
     {"0.5": 1, "1": 3, "+Inf": 4},  # ints
     {"+Inf": 1.0},
