@@ -242,8 +242,9 @@ class Outbox:
     async def encoded(self, entries: list[tuple]) -> None:
         """Send `encoded_records` entries, in the order `records` sends the records."""
         entries.sort(key=itemgetter(0))
+        send = self.send
         for _order, topic, key, value, ts_ms in entries:
-            await self.put(topic, key, value, ts_ms)
+            self.pending.append(await send(topic, key, value, ts_ms, None))  # `put`, inlined
 
     async def delivered(self) -> None:
         if self.pending:
@@ -557,8 +558,7 @@ class NodeStage:
                 partial["src"] = part
                 partial["type"] = "partial"
                 # compressed when large, like the node state it comes from (which fits a record)
-                partials.append((i, partial["cluster"].encode(),
-                                 memoryview(statecodec.encode_json(dumps(partial))).tobytes(), start + size))
+                partials.append((i, partial["cluster"].encode(), statecodec.encode_json(dumps(partial)), start + size))
                 if partial["left"] and size == largest:
                     pstate["nodes"].remove(node)
                     gone = True
