@@ -127,22 +127,20 @@ class RecordEncoder:
         """The record of `kind` with `metric_json` = dumps(metric), `labels_json` =
         dumps(dict(labels)) (a series' are encoded once by the caller) and `values` as floats
         or None, converted as DerivedRecord.to_json converts them."""
+        # DerivedRecord.to_json's values: each float through float_to_json, None as null. Values
+        # that are all finite numbers (their sum is finite; a None or a string raises) are their
+        # own JSON form.
+        try:
+            plain = type(values) is dict and _isfinite(sum(values.values()))
+        except (TypeError, OverflowError):  # not all numbers; an int past any float
+            plain = False
+        if not plain:
+            # float_to_json(None) is None: the contract's "None stays null" without a test per value
+            values = {k: float_to_json(v) for k, v in values.items()}
         return b"".join((self._head, labels_json, b',"metric":', metric_json, self._node, _SCHEMA_JSON[kind],
-                         self._scope, dumps(_values_json(values)), self._window))
+                         self._scope, _orjson_dumps(values, option=_SORTED), self._window))
 
 
 _isfinite = math.isfinite
-
-
-def _values_json(values: Mapping[str, Any]) -> Mapping[str, Any]:
-    """DerivedRecord.to_json's values: each float through float_to_json, None as null. Values
-    that are all finite numbers (their sum is finite; a None or a string raises) are their own
-    JSON form."""
-    if type(values) is dict:
-        try:
-            if _isfinite(sum(values.values())):
-                return values
-        except (TypeError, OverflowError):  # not all numbers; an int past any float
-            pass
-    # float_to_json(None) is None: the contract's "None stays null" without a test per value
-    return {k: float_to_json(v) for k, v in values.items()}
+_orjson_dumps = orjson.dumps
+_SORTED = orjson.OPT_SORT_KEYS  # codec.dumps' option

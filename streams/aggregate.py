@@ -142,16 +142,18 @@ def merge_in_order(partials: Iterable[dict], settings: StreamSettings) -> dict:
               "max_seconds_since_last_sync": None, "max_stalled_for_s": None, "restore_failures": None}
     present = 0
     counters, hists, gauges = acc["c"], acc["h"], acc["g"]
+    counter_get, hist_get, gauge_get = counters.get, hists.get, gauges.get
+    hist_merge, gauge_merge = HistogramDeltas.merge, GaugeStats.merge
     for partial in partials:
         for series, inc in sorted(partial["c"].items()):
-            CounterIncrease.merge(counters, series, inc)
+            counters[series] = counter_get(series, 0.0) + inc  # CounterIncrease.merge
         for series, window in sorted(partial["h"].items()):
-            h = hists.get(series)
+            h = hist_get(series)
             if h is None:
                 h = hists[series] = HistogramDeltas.new()
-            HistogramDeltas.merge(h, window)
+            hist_merge(h, window)
         for series, window in sorted(partial["g"].items()):
-            gauges[series] = GaugeStats.merge(gauges.get(series), window)
+            gauges[series] = gauge_merge(gauge_get(series), window)
         h = node_health(partial, settings)
         health["nodes"] += 1
         present += 1 if partial["scrapes"] else 0

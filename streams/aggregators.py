@@ -211,7 +211,8 @@ class HistogramDeltas:
             values: dict[str, float | None] = dict(zip(names, bucket_quantiles(quantiles, buckets)))
         else:
             values = dict.fromkeys(names)
-        total = float_from_json(total)
+        if type(total) is not float:
+            total = float_from_json(total)
         values["mean"] = histogram_mean(total, count)
         values["count"] = count
         values["sum"] = total if count > 0 else 0.0
@@ -310,6 +311,8 @@ class GaugeStats:
     @staticmethod
     def flush(window: list) -> dict[str, float]:
         last, lo, hi = window
+        if type(last) is float and type(lo) is float and type(hi) is float:  # float_from_json's own
+            return {"last": last, "min": lo, "max": hi}
         return {"last": float_from_json(last), "min": float_from_json(lo), "max": float_from_json(hi)}
 
 
