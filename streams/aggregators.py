@@ -198,7 +198,13 @@ class HistogramDeltas:
     def merge(window: list, other: list) -> None:
         """Another node's deltas of the same series and window (buckets by bound)."""
         buckets, count, total = other
-        add_buckets(window[0], buckets, keys_by_bound(buckets))
+        into = window[0]
+        keys = list(into)
+        if keys == list(buckets):
+            # the usual case: the layout the window has, in its order (add_buckets' sums, by position)
+            window[0] = dict(zip(keys, map(add, into.values(), buckets.values())))
+        else:
+            add_buckets(into, buckets, keys_by_bound(buckets))
         window[1] += count
         window[2] = _sum_json(window[2], total)
 

@@ -323,3 +323,17 @@ def test_histogram_merge_sum_equals_the_general_conversions(total, other_total) 
         return window[2]
 
     assert outcome(merged_sum, total, other_total) == outcome(reference, total, other_total)
+
+
+@settings(max_examples=1000)
+@given(layouts=st.lists(st.sampled_from([("0.5", "1", "+Inf"), ("+Inf", "0.5", "1"), ("1", "+Inf"), (), ("2", "+Inf")]),
+                        min_size=1, max_size=5),
+       data=st.data())
+def test_histogram_merge_equals_adding_by_bound(layouts: list[tuple], data: st.DataObject) -> None:
+    """HistogramDeltas.merge's buckets: add_buckets in bound order for a new layout, as it was."""
+    others = [[{k: data.draw(st.floats() | st.integers(0, 9)) for k in keys}, 1.0, 0.0] for keys in layouts]
+    window, expected = HistogramDeltas.new(), {}
+    for other in others:
+        HistogramDeltas.merge(window, other)
+        add_buckets(expected, other[0], keys_by_bound(other[0]))
+        assert list(window[0]) == list(expected) and same_json(list(window[0].values()), list(expected.values()))
