@@ -22,8 +22,8 @@ the SLO pooling all go through it.
 from __future__ import annotations
 
 import math
-from operator import add, sub
-from typing import Any, Iterable, Mapping, TypeVar
+from operator import add, itemgetter, sub
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from contracts.codec import float_from_json, float_to_json
 from streams.config import quantile_name
@@ -199,12 +199,13 @@ class HistogramDeltas:
         """Another node's deltas of the same series and window (buckets by bound)."""
         buckets, count, total = other
         into = window[0]
-        keys = list(into)
-        if keys == list(buckets):
-            # the usual case: the layout the window has, in its order (add_buckets' sums, by position)
-            window[0] = dict(zip(keys, map(add, into.values(), buckets.values())))
+        by_bound, gather = _bound_order(buckets)
+        if len(into) == len(by_bound) and list(into) == by_bound:
+            # the usual case: the window has this layout, in bound order (a partial's JSON has
+            # its keys sorted as text): add_buckets' sums, position by position
+            window[0] = dict(zip(by_bound, map(add, into.values(), gather(list(buckets.values())))))
         else:
-            add_buckets(into, buckets, keys_by_bound(buckets))
+            add_buckets(into, buckets, by_bound)
         window[1] += count
         window[2] = _sum_json(window[2], total)
 
@@ -392,6 +393,27 @@ def bucket_quantiles(qs: Iterable[float], buckets: dict[str, float]) -> list[flo
 
 
 _BY_BOUND: dict[tuple, list] = {}
+_GATHER: dict[tuple, tuple[list, Callable[[list], Sequence]]] = {}
+
+
+def _bound_order(buckets: dict[str, float]) -> tuple[list[str], Callable[[list], Sequence]]:
+    """keys_by_bound(buckets), and a function taking the values of a dict of that key layout
+    (in its order) to bound order; remembered per layout."""
+    keys = tuple(buckets)
+    found = _GATHER.get(keys)
+    if found is None:
+        ordered = keys_by_bound(buckets)
+        positions = [keys.index(k) for k in ordered]
+        gather: Callable[[list], Sequence]
+        if len(positions) > 1:
+            gather = itemgetter(*positions)
+        else:  # itemgetter of one position gives the value itself, of none is an error
+            gather = lambda values: [values[i] for i in positions]  # noqa: E731
+        found = (ordered, gather)
+        if len(_GATHER) >= 10_000:
+            _GATHER.clear()
+        _GATHER[keys] = found
+    return found
 
 
 def keys_by_bound(buckets: dict[str, float]) -> list[str]:
