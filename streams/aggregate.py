@@ -14,8 +14,7 @@ from typing import Any, Iterable
 from contracts.codec import dumps
 from contracts.derived import DerivedRecord
 from contracts.derived_fast import RecordEncoder
-from streams.aggregators import (CounterIncrease, GaugeStats, HistogramDeltas, bucket_quantiles, entry_quantile,
-                                 sum_buckets)
+from streams.aggregators import CounterIncrease, GaugeStats, HistogramDeltas, entry_quantile, pooled_quantile
 from streams.config import StreamSettings, quantile_name
 from streams.node_state import NETPROG
 from streams.node_state import split_sid as _split_sid  # data_records picks the scope's variant
@@ -191,13 +190,11 @@ def cluster_records(cluster: str, size: int, start: int, merged: dict, settings:
     return out
 
 
-def pooled(history: list) -> tuple[dict[str, float], float]:
-    # per bound, the windows are added in history order; the key order does not matter
-    # (the quantiles sort by bound)
+def pooled_count(history: list) -> float:
     count = 0.0
     for entry in history:
         count += entry[2]
-    return sum_buckets([entry[1] for entry in history]), count
+    return count
 
 
 def slo_record(scope: str, cluster: str, node: str | None, end: int, history: list,
@@ -221,8 +218,9 @@ def slo_values(history: list, settings: StreamSettings) -> dict[str, float | Non
     `windows_with_data`.
     """
     q = settings.slo_quantile
-    buckets, count = pooled(history)
-    sli = bucket_quantiles((q,), buckets)[0] if count > 0 else None
+    count = pooled_count(history)
+    # of the windows' buckets added by bound in history order (sum_buckets)
+    sli = pooled_quantile(q, [entry[1] for entry in history]) if count > 0 else None
     per_window = []
     for entry in history:
         if entry[2] > 0:

@@ -55,18 +55,27 @@ def sum_buckets(windows: Iterable[Mapping[K, float]]) -> dict[K, float]:
     add_buckets of each into an empty one gives. Of one layout (the usual case), summed
     column by column without a dict per addition."""
     nonempty = [w for w in windows if w]  # an empty one adds nothing
+    summed = _column_sums(nonempty)
+    if summed is not None:
+        return dict(zip(*summed))
+    total: dict[K, float] = {}
+    for w in nonempty:
+        add_buckets(total, w)
+    return total
+
+
+def _column_sums(nonempty: list[Mapping[K, float]]) -> tuple[list[K], list[float]] | None:
+    """sum_buckets' keys and sums when the windows (none empty) share one layout in one order;
+    None otherwise."""
     if not nonempty:
-        return {}
+        return [], []
     keys = list(nonempty[0])
     if any(list(w) != keys for w in nonempty):
-        total: dict[K, float] = {}
-        for w in nonempty:
-            add_buckets(total, w)
-        return total
+        return None
     sums = [0.0] * len(keys)  # 0.0 + the first: as add_buckets starts a new bound
     for w in nonempty:
         sums = list(map(add, sums, w.values()))
-    return dict(zip(keys, sums))
+    return keys, sums
 
 
 class CounterIncrease:
@@ -390,6 +399,22 @@ def bucket_quantiles(qs: Iterable[float], buckets: dict[str, float]) -> list[flo
         if values is not None:
             return values
     return histogram_quantiles(qs, bound_pairs(buckets))
+
+
+def pooled_quantile(q: float, windows: Iterable[Mapping[str, float]]) -> float:
+    """``bucket_quantiles((q,), sum_buckets(windows))[0]``, without the summed dict in the usual
+    case (one layout)."""
+    windows = list(windows)
+    summed = _column_sums([w for w in windows if w])
+    if summed is not None:
+        keys, sums = summed
+        layout = _plain_layout(tuple(keys))
+        if layout is not None:
+            bounds, order = layout
+            values = plain_quantiles((q,), bounds, sums if order is None else [sums[i] for i in order])
+            if values is not None:
+                return values[0]
+    return bucket_quantiles((q,), sum_buckets(windows))[0]
 
 
 _BY_BOUND: dict[tuple, list] = {}

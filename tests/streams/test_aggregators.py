@@ -18,6 +18,7 @@ from streams.aggregators import (
     bound_pairs,
     bucket_quantiles,
     keys_by_bound,
+    pooled_quantile,
     sum_buckets,
 )
 from streams.deltas import HistogramSnapshot
@@ -337,3 +338,15 @@ def test_histogram_merge_equals_adding_by_bound(layouts: list[tuple], data: st.D
         HistogramDeltas.merge(window, other)
         add_buckets(expected, other[0], keys_by_bound(other[0]))
         assert list(window[0]) == list(expected) and same_json(list(window[0].values()), list(expected.values()))
+
+
+@settings(max_examples=1000)
+@given(windows=st.lists(st.sampled_from([["0.5", "1", "+Inf"], ["+Inf", "0.5", "1"], ["1", "+Inf"], [], ["1", "2"]])
+                        .flatmap(lambda keys: st.fixed_dictionaries({k: st.integers(0, 9).map(float) | st.floats()
+                                                                     for k in keys})), max_size=6),
+       q=st.sampled_from([0.0, 0.5, 0.99, 1.0, NAN, 1.5]))
+def test_pooled_quantile_is_the_quantile_of_the_summed_buckets(windows: list[dict], q: float) -> None:
+    def general() -> float:
+        return bucket_quantiles((q,), sum_buckets(windows))[0]
+
+    assert outcome(pooled_quantile, q, windows) == outcome(general)
