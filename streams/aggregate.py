@@ -289,20 +289,21 @@ def data_outputs(encoder: RecordEncoder, scope: str, node: str | None, start: in
     increase = CounterIncrease.flush
     out: list[tuple] = []
     counters, hists, gauges = acc["c"], acc["h"], acc["g"]
+    known = _SERIES[scope].get  # _series' cache, looked up here first (a call less per record)
     for series in sorted(counters):
-        metric, metric_json, _, _, labels_json, items = _series(scope, series)
+        metric, metric_json, _, _, labels_json, items = known(series) or _series(scope, series)
         out.append(((end, "rates", scope, order_node, metric, items, start), rates_topic, key,
                     encode("rates", metric_json, labels_json, increase(counters[series], size_s)), end))
     quantiles = settings.quantiles
     for series in sorted(hists):
         window = hists[series]
-        metric, metric_json, count, count_json, labels_json, items = _series(scope, series)
+        metric, metric_json, count, count_json, labels_json, items = known(series) or _series(scope, series)
         out.append(((end, "rates", scope, order_node, count, items, start), rates_topic, key,
                     encode("rates", count_json, labels_json, increase(window[1], size_s)), end))
         out.append(((end, "quantiles", scope, order_node, metric, items, start), quantiles_topic, key,
                     encode("quantiles", metric_json, labels_json, HistogramDeltas.flush(window, quantiles)), end))
     for series in sorted(gauges):
-        metric, metric_json, _, _, labels_json, items = _series(scope, series)
+        metric, metric_json, _, _, labels_json, items = known(series) or _series(scope, series)
         if metric.endswith(SKIP_GAUGE_SUFFIX):
             continue
         out.append(((end, "gauges", scope, order_node, metric, items, start), gauges_topic, key,
