@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from contracts.codec import dumps
 from contracts.derived import DerivedRecord
-from streams.aggregators import (CounterIncrease, GaugeStats, HistogramDeltas, add_buckets, bound_pairs,
-                                 entry_quantile)
+from contracts.derived_fast import RecordEncoder
+from streams.aggregators import CounterIncrease, GaugeStats, HistogramDeltas, entry_quantile, pooled_quantile
 from streams.config import StreamSettings, quantile_name
 from streams.node_state import NETPROG
 from streams.node_state import split_sid as _split_sid  # data_records picks the scope's variant
-from streams.quantiles import histogram_quantile
 
 #: Counters whose increase is a restore failure (health: "restore_failures").
 RESTORE_FAILURES = (
@@ -141,16 +141,18 @@ def merge_in_order(partials: Iterable[dict], settings: StreamSettings) -> dict:
               "max_seconds_since_last_sync": None, "max_stalled_for_s": None, "restore_failures": None}
     present = 0
     counters, hists, gauges = acc["c"], acc["h"], acc["g"]
+    counter_get, hist_get, gauge_get = counters.get, hists.get, gauges.get
+    hist_merge, gauge_merge = HistogramDeltas.merge, GaugeStats.merge
     for partial in partials:
         for series, inc in sorted(partial["c"].items()):
-            CounterIncrease.merge(counters, series, inc)
+            counters[series] = counter_get(series, 0.0) + inc  # CounterIncrease.merge
         for series, window in sorted(partial["h"].items()):
-            h = hists.get(series)
+            h = hist_get(series)
             if h is None:
                 h = hists[series] = HistogramDeltas.new()
-            HistogramDeltas.merge(h, window)
+            hist_merge(h, window)
         for series, window in sorted(partial["g"].items()):
-            gauges[series] = GaugeStats.merge(gauges.get(series), window)
+            gauges[series] = gauge_merge(gauge_get(series), window)
         h = node_health(partial, settings)
         health["nodes"] += 1
         present += 1 if partial["scrapes"] else 0
@@ -188,21 +190,25 @@ def cluster_records(cluster: str, size: int, start: int, merged: dict, settings:
     return out
 
 
-def pooled(history: list) -> tuple[dict[str, float], float]:
-    total: dict[str, float] = {}
+def pooled_count(history: list) -> float:
     count = 0.0
     for entry in history:
-        buckets, c = entry[1], entry[2]
-        # per bound, the windows are added in history order; the key order does not matter
-        # (histogram_quantile sorts by bound)
-        add_buckets(total, buckets)
-        count += c
-    return total, count
+        count += entry[2]
+    return count
 
 
 def slo_record(scope: str, cluster: str, node: str | None, end: int, history: list,
                settings: StreamSettings, contributors: dict) -> DerivedRecord:
-    """The network-programming SLI over the rolling SLO window ending at `end`.
+    """The network-programming SLI over the rolling SLO window ending at `end` (values: see
+    slo_values)."""
+    span = settings.slo_window_s * 1000
+    return DerivedRecord(kind="slo", scope=scope, cluster=cluster, node=node, window_start_ms=end - span,
+                         window_end_ms=end, metric=NETPROG, values=slo_values(history, settings), labels={},
+                         contributors=contributors)
+
+
+def slo_values(history: list, settings: StreamSettings) -> dict[str, float | None]:
+    """The values of an SLO record.
 
     history: [[step window start, pooled bucket deltas, count, q, own q-quantile], ...]
     (aggregators.slo_entry; earlier versions wrote the first three only) of the step windows in
@@ -212,14 +218,15 @@ def slo_record(scope: str, cluster: str, node: str | None, end: int, history: li
     `windows_with_data`.
     """
     q = settings.slo_quantile
-    buckets, count = pooled(history)
-    sli = histogram_quantile(q, bound_pairs(buckets)) if count > 0 else None
+    count = pooled_count(history)
+    # of the windows' buckets added by bound in history order (sum_buckets)
+    sli = pooled_quantile(q, [entry[1] for entry in history]) if count > 0 else None
     per_window = []
     for entry in history:
         if entry[2] > 0:
             per_window.append(entry_quantile(entry, q))
     within_windows = sum(1 for p in per_window if p <= settings.slo_threshold_s)
-    values = {
+    return {
         quantile_name(q): sli,
         "threshold_s": settings.slo_threshold_s,
         "within": None if sli is None else (1 if sli <= settings.slo_threshold_s else 0),
@@ -228,10 +235,6 @@ def slo_record(scope: str, cluster: str, node: str | None, end: int, history: li
         "windows": len(history),
         "windows_with_data": len(per_window),
     }
-    span = settings.slo_window_s * 1000
-    return DerivedRecord(kind="slo", scope=scope, cluster=cluster, node=node, window_start_ms=end - span,
-                         window_end_ms=end, metric=NETPROG, values=values, labels={},
-                         contributors=contributors)
 
 
 def record_order(r: DerivedRecord) -> tuple:
@@ -241,3 +244,107 @@ def record_order(r: DerivedRecord) -> tuple:
 
 def sort_records(records: list[DerivedRecord]) -> list[DerivedRecord]:
     return sorted(records, key=record_order)
+
+
+# -- the records of a close, encoded without a DerivedRecord each -------------------------------
+#
+# What the stages send: `stages.encoded_records` of node_records / cluster_records, i.e. entries
+# (send order, topic, key, bytes, timestamp), built here straight from the window's data. The
+# values are the same functions' (flush, node_health, slo_values); what a series id gives (its
+# metric and labels, their JSON, their order) is worked out once per series id;
+# tests/streams/test_aggregate_outputs.py checks the entries against the records' path.
+
+#: series id -> (metric, its JSON, `<metric>_count`, its JSON, labels JSON, sorted label items),
+#: per scope (cluster records rename a `node` label)
+_SERIES: dict[str, dict[str, tuple]] = {"node": {}, "cluster": {}}
+_MAX_SERIES = 20_000
+_HEALTH_JSON = dumps(HEALTH_METRIC)
+_NETPROG_JSON = dumps(NETPROG)
+_NO_LABELS_JSON = dumps({})
+
+
+def _series(scope: str, series: str) -> tuple:
+    cache = _SERIES[scope]
+    info = cache.get(series)
+    if info is None:
+        metric, labels = (_cluster_split_sid if scope == "cluster" else _split_sid)(series)
+        count = metric + "_count"
+        info = (metric, dumps(metric), count, dumps(count), dumps(dict(labels)), sorted(labels.items()))
+        if len(cache) >= _MAX_SERIES:
+            cache.clear()
+        cache[series] = info
+    return info
+
+
+def data_outputs(encoder: RecordEncoder, scope: str, node: str | None, start: int, size: int, acc: dict,
+                 settings: StreamSettings) -> list[tuple]:
+    """The entries of data_records(scope, ..., acc, ...), encoded by `encoder` (of that window)."""
+    topics = settings.topics
+    rates_topic, quantiles_topic, gauges_topic = topics.rates, topics.quantiles, topics.gauges
+    end = start + size
+    size_s = size / 1000.0
+    order_node = node or ""
+    key = encoder.key
+    encode = encoder.encode
+    increase = CounterIncrease.flush
+    out: list[tuple] = []
+    counters, hists, gauges = acc["c"], acc["h"], acc["g"]
+    known = _SERIES[scope].get  # _series' cache, looked up here first (a call less per record)
+    for series in sorted(counters):
+        metric, metric_json, _, _, labels_json, items = known(series) or _series(scope, series)
+        out.append(((end, "rates", scope, order_node, metric, items, start), rates_topic, key,
+                    encode("rates", metric_json, labels_json, increase(counters[series], size_s)), end))
+    quantiles = settings.quantiles
+    for series in sorted(hists):
+        window = hists[series]
+        metric, metric_json, count, count_json, labels_json, items = known(series) or _series(scope, series)
+        out.append(((end, "rates", scope, order_node, count, items, start), rates_topic, key,
+                    encode("rates", count_json, labels_json, increase(window[1], size_s)), end))
+        out.append(((end, "quantiles", scope, order_node, metric, items, start), quantiles_topic, key,
+                    encode("quantiles", metric_json, labels_json, HistogramDeltas.flush(window, quantiles)), end))
+    for series in sorted(gauges):
+        metric, metric_json, _, _, labels_json, items = known(series) or _series(scope, series)
+        if metric.endswith(SKIP_GAUGE_SUFFIX):
+            continue
+        out.append(((end, "gauges", scope, order_node, metric, items, start), gauges_topic, key,
+                    encode("gauges", metric_json, labels_json, GaugeStats.flush(gauges[series])), end))
+    return out
+
+
+def _health_output(encoder: RecordEncoder, scope: str, node: str | None, start: int, end: int, values: dict,
+                   settings: StreamSettings) -> tuple:
+    return ((end, "health", scope, node or "", HEALTH_METRIC, [], start), settings.topics.health, encoder.key,
+            encoder.encode("health", _HEALTH_JSON, _NO_LABELS_JSON, values), end)
+
+
+def _slo_output(scope: str, cluster: str, node: str | None, end: int, history: list, settings: StreamSettings,
+                contributors: dict) -> tuple:
+    start = end - settings.slo_window_s * 1000
+    encoder = RecordEncoder(scope, cluster, node, start, end, contributors)
+    return ((end, "slo", scope, node or "", NETPROG, [], start), settings.topics.slo, encoder.key,
+            encoder.encode("slo", _NETPROG_JSON, _NO_LABELS_JSON, slo_values(history, settings)), end)
+
+
+def node_outputs(partial: dict, settings: StreamSettings) -> list[tuple]:
+    """stages.encoded_records(node_records(partial, settings), settings.topics)."""
+    cluster, node, start, size = partial["cluster"], partial["node"], partial["start_ms"], partial["size_ms"]
+    contributors = {"scrapes": partial["scrapes"], "nodes": 1 if partial["scrapes"] else 0}
+    encoder = RecordEncoder("node", cluster, node, start, start + size, contributors)
+    out = data_outputs(encoder, "node", node, start, size, partial, settings)
+    out.append(_health_output(encoder, "node", node, start, start + size, node_health(partial, settings), settings))
+    if "slo" in partial:
+        out.append(_slo_output("node", cluster, node, start + size, partial["slo"], settings, contributors))
+    return out
+
+
+def cluster_outputs(cluster: str, size: int, start: int, merged: dict, settings: StreamSettings,
+                    slo_history: list | None = None) -> list[tuple]:
+    """stages.encoded_records(cluster_records(cluster, ...), settings.topics)."""
+    contributors = {"nodes": merged["present"], "members": merged["health"]["nodes"],
+                    "scrapes": merged["health"]["scrapes"]}
+    encoder = RecordEncoder("cluster", cluster, None, start, start + size, contributors)
+    out = data_outputs(encoder, "cluster", None, start, size, merged, settings)
+    out.append(_health_output(encoder, "cluster", None, start, start + size, merged["health"], settings))
+    if slo_history is not None:
+        out.append(_slo_output("cluster", cluster, None, start + size, slo_history, settings, contributors))
+    return out

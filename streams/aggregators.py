@@ -22,13 +22,13 @@ the SLO pooling all go through it.
 from __future__ import annotations
 
 import math
-from operator import add, sub
-from typing import Any, Iterable, Mapping, TypeVar
+from operator import add, itemgetter, sub
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from contracts.codec import float_from_json, float_to_json
 from streams.config import quantile_name
 from streams.deltas import HistogramSnapshot, counter_delta, histogram_delta
-from streams.quantiles import histogram_mean, histogram_quantile, histogram_quantiles
+from streams.quantiles import histogram_mean, histogram_quantile, histogram_quantiles, plain_quantiles
 
 K = TypeVar("K")
 
@@ -48,6 +48,34 @@ def add_buckets(into: dict[K, float], buckets: Mapping[K, float], keys: Iterable
     get = into.get
     for key in buckets if keys is None else keys:
         into[key] = get(key, 0.0) + buckets[key]
+
+
+def sum_buckets(windows: Iterable[Mapping[K, float]]) -> dict[K, float]:
+    """Bucket deltas summed by bound in the order given: the dict (values and key order) that
+    add_buckets of each into an empty one gives. Of one layout (the usual case), summed
+    column by column without a dict per addition."""
+    nonempty = [w for w in windows if w]  # an empty one adds nothing
+    summed = _column_sums(nonempty)
+    if summed is not None:
+        return dict(zip(*summed))
+    total: dict[K, float] = {}
+    for w in nonempty:
+        add_buckets(total, w)
+    return total
+
+
+def _column_sums(nonempty: list[Mapping[K, float]]) -> tuple[list[K], list[float]] | None:
+    """sum_buckets' keys and sums when the windows (none empty) share one layout in one order;
+    None otherwise."""
+    if not nonempty:
+        return [], []
+    keys = list(nonempty[0])
+    if any(list(w) != keys for w in nonempty):
+        return None
+    sums = [0.0] * len(keys)  # 0.0 + the first: as add_buckets starts a new bound
+    for w in nonempty:
+        sums = list(map(add, sums, w.values()))
+    return keys, sums
 
 
 class CounterIncrease:
@@ -179,26 +207,45 @@ class HistogramDeltas:
     def merge(window: list, other: list) -> None:
         """Another node's deltas of the same series and window (buckets by bound)."""
         buckets, count, total = other
-        add_buckets(window[0], buckets, keys_by_bound(buckets))
+        into = window[0]
+        by_bound, gather = _bound_order(buckets)
+        if len(into) == len(by_bound) and list(into) == by_bound:
+            # the usual case: the window has this layout, in bound order (a partial's JSON has
+            # its keys sorted as text): add_buckets' sums, position by position
+            window[0] = dict(zip(by_bound, map(add, into.values(), gather(list(buckets.values())))))
+        else:
+            add_buckets(into, buckets, by_bound)
         window[1] += count
-        window[2] = float_to_json(float_from_json(window[2]) + float_from_json(total))
+        window[2] = _sum_json(window[2], total)
 
     @staticmethod
     def flush(window: list, quantiles: Iterable[float]) -> dict[str, Any]:
         """Quantiles (interpolated over the summed bucket deltas), mean, count and sum."""
         buckets, count, total = window
-        values: dict[str, float | None] = {}
+        names = _quantile_names(quantiles)
         if count > 0:
-            for q, value in zip(quantiles, histogram_quantiles(quantiles, bound_pairs(buckets))):
-                values[quantile_name(q)] = value
+            values: dict[str, float | None] = dict(zip(names, bucket_quantiles(quantiles, buckets)))
         else:
-            for q in quantiles:
-                values[quantile_name(q)] = None
-        total = float_from_json(total)
+            values = dict.fromkeys(names)
+        if type(total) is not float:
+            total = float_from_json(total)
         values["mean"] = histogram_mean(total, count)
         values["count"] = count
         values["sum"] = total if count > 0 else 0.0
         return values
+
+
+_QUANTILE_NAMES: dict[tuple, tuple] = {}
+
+
+def _quantile_names(quantiles: Iterable[float]) -> tuple:
+    quantiles = tuple(quantiles)
+    names = _QUANTILE_NAMES.get(quantiles)
+    if names is None:
+        names = _QUANTILE_NAMES[quantiles] = tuple(map(quantile_name, quantiles))
+        if len(_QUANTILE_NAMES) > 100:
+            _QUANTILE_NAMES.clear()
+    return names
 
 
 def _add_json(total: Any, delta: float) -> Any:
@@ -262,15 +309,36 @@ class GaugeStats:
         last, lo, hi = other
         if window is None:
             return [last, lo, hi]
-        window[0] = float_to_json(float_from_json(window[0]) + float_from_json(last))
-        window[1] = float_to_json(_nan_min(float_from_json(window[1]), float_from_json(lo)))
-        window[2] = float_to_json(_nan_max(float_from_json(window[2]), float_from_json(hi)))
+        window[0] = _sum_json(window[0], last)
+        a, b = window[1], lo
+        if type(a) is float and type(b) is float and a == a and b == b:  # neither a string nor NaN
+            m = b if b < a else a  # min(a, b)
+            window[1] = m if m - m == 0.0 else float_to_json(m)
+        else:
+            window[1] = float_to_json(_nan_min(float_from_json(a), float_from_json(b)))
+        a, b = window[2], hi
+        if type(a) is float and type(b) is float and a == a and b == b:
+            m = b if b > a else a  # max(a, b)
+            window[2] = m if m - m == 0.0 else float_to_json(m)
+        else:
+            window[2] = float_to_json(_nan_max(float_from_json(a), float_from_json(b)))
         return window
 
     @staticmethod
     def flush(window: list) -> dict[str, float]:
         last, lo, hi = window
+        if type(last) is float and type(lo) is float and type(hi) is float:  # float_from_json's own
+            return {"last": last, "min": lo, "max": hi}
         return {"last": float_from_json(last), "min": float_from_json(lo), "max": float_from_json(hi)}
+
+
+def _sum_json(a: Any, b: Any) -> Any:
+    """float_to_json(float_from_json(a) + float_from_json(b)): two JSON floats' sum as a JSON
+    float, without the conversions when both are floats (a finite sum stays as it is)."""
+    if type(a) is float and type(b) is float:
+        total = a + b
+        return total if total - total == 0.0 else float_to_json(total)
+    return float_to_json(float_from_json(a) + float_from_json(b))
 
 
 def _nan_min(a: float, b: float) -> float:
@@ -297,7 +365,80 @@ def bound_pairs(buckets: dict[str, float]) -> list[tuple[float, float]]:
     return list(zip(bounds, buckets.values()))
 
 
+#: `le` key layout -> (its bounds in increasing order, the positions of the keys in that
+#: order, None when they are in it already), or None when bounds repeat or miss +Inf
+_PLAIN_LAYOUTS: dict[tuple, tuple | None] = {}
+
+
+def _plain_layout(keys: tuple) -> tuple | None:
+    layout = _PLAIN_LAYOUTS.get(keys, False)
+    if layout is False:
+        bounds = list(map(le_from_key, keys))
+        order = sorted(range(len(keys)), key=bounds.__getitem__)
+        ordered = [bounds[i] for i in order]
+        plain = (bool(ordered) and ordered[-1] == math.inf
+                 and all(a < b for a, b in zip(ordered, ordered[1:])))  # also False for a NaN bound
+        layout = (ordered, None if order == list(range(len(keys))) else order) if plain else None
+        if len(_PLAIN_LAYOUTS) >= 10_000:
+            _PLAIN_LAYOUTS.clear()
+        _PLAIN_LAYOUTS[keys] = layout
+    return layout
+
+
+def bucket_quantiles(qs: Iterable[float], buckets: dict[str, float]) -> list[float]:
+    """``histogram_quantiles(qs, bound_pairs(buckets))``: for a layout of distinct bounds up to
+    +Inf and ordinary counts, straight from the counts in bound order (quantiles.plain_quantiles)."""
+    qs = tuple(qs)
+    layout = _plain_layout(tuple(buckets))
+    if layout is not None:
+        bounds, order = layout
+        counts = list(buckets.values())
+        if order is not None:
+            counts = [counts[i] for i in order]
+        values = plain_quantiles(qs, bounds, counts)
+        if values is not None:
+            return values
+    return histogram_quantiles(qs, bound_pairs(buckets))
+
+
+def pooled_quantile(q: float, windows: Iterable[Mapping[str, float]]) -> float:
+    """``bucket_quantiles((q,), sum_buckets(windows))[0]``, without the summed dict in the usual
+    case (one layout)."""
+    windows = list(windows)
+    summed = _column_sums([w for w in windows if w])
+    if summed is not None:
+        keys, sums = summed
+        layout = _plain_layout(tuple(keys))
+        if layout is not None:
+            bounds, order = layout
+            values = plain_quantiles((q,), bounds, sums if order is None else [sums[i] for i in order])
+            if values is not None:
+                return values[0]
+    return bucket_quantiles((q,), sum_buckets(windows))[0]
+
+
 _BY_BOUND: dict[tuple, list] = {}
+_GATHER: dict[tuple, tuple[list, Callable[[list], Sequence]]] = {}
+
+
+def _bound_order(buckets: dict[str, float]) -> tuple[list[str], Callable[[list], Sequence]]:
+    """keys_by_bound(buckets), and a function taking the values of a dict of that key layout
+    (in its order) to bound order; remembered per layout."""
+    keys = tuple(buckets)
+    found = _GATHER.get(keys)
+    if found is None:
+        ordered = keys_by_bound(buckets)
+        positions = [keys.index(k) for k in ordered]
+        gather: Callable[[list], Sequence]
+        if len(positions) > 1:
+            gather = itemgetter(*positions)
+        else:  # itemgetter of one position gives the value itself, of none is an error
+            gather = lambda values: [values[i] for i in positions]  # noqa: E731
+        found = (ordered, gather)
+        if len(_GATHER) >= 10_000:
+            _GATHER.clear()
+        _GATHER[keys] = found
+    return found
 
 
 def keys_by_bound(buckets: dict[str, float]) -> list[str]:
@@ -319,7 +460,7 @@ def slo_entry(start: int, buckets: dict[str, float], count: float, q: float) -> 
     [start, pooled bucket deltas, count, q, the window's own q-quantile (None without
     observations)]. The quantile is computed once, when the window closes, instead of at
     each of the slo_window / step SLO records the window is part of."""
-    return [start, buckets, count, q, histogram_quantile(q, bound_pairs(buckets)) if count > 0 else None]
+    return [start, buckets, count, q, bucket_quantiles((q,), buckets)[0] if count > 0 else None]
 
 
 def entry_quantile(entry: list, q: float) -> float:
@@ -327,4 +468,4 @@ def entry_quantile(entry: list, q: float) -> float:
     entry written by an earlier version ([start, buckets, count]) or for another q."""
     if len(entry) >= 5 and entry[3] == q and entry[4] is not None:
         return entry[4]
-    return histogram_quantile(q, bound_pairs(entry[1]))
+    return bucket_quantiles((q,), entry[1])[0]

@@ -37,8 +37,8 @@ import orjson
 from contracts.codec import float_from_json, float_to_json
 from contracts.records import ScrapeRecord
 from contracts.records_fast import DecodedScrape, ScrapeShape
-from streams.aggregators import (CounterIncrease, GaugeStats, HistogramDeltas, _les_json, _les_keys, add_buckets,
-                                 slo_entry)
+from streams.aggregators import (CounterIncrease, GaugeStats, HistogramDeltas, _les_json, _les_keys, slo_entry,
+                                 sum_buckets)
 from streams.config import StreamSettings
 from streams.deltas import MICROSECONDS, HistogramSnapshot, to_seconds
 from streams.quantiles import parse_le
@@ -642,14 +642,14 @@ def _roll_slo(state: dict, start: int, end: int, partial: dict, settings: Stream
 
 def pooled_netprog(partial: dict) -> tuple[dict[str, float], float]:
     """network_programming bucket deltas of a partial, summed over all its series."""
-    pooled: dict[str, float] = {}
+    windows = []
     count = 0.0
     for series, (buckets, c, _s) in sorted(partial["h"].items()):
         if series.partition("|")[0] != NETPROG:
             continue
-        add_buckets(pooled, buckets)
+        windows.append(buckets)
         count += c
-    return pooled, count
+    return sum_buckets(windows), count
 
 
 def forget_old_windows(state: dict, closed_through: dict[str, int]) -> None:

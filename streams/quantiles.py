@@ -16,7 +16,10 @@ from __future__ import annotations
 import math
 import re
 import sys
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
+from itertools import groupby
+from operator import sub
 
 __all__ = [
     "SMALL_DELTA_TOLERANCE",
@@ -24,6 +27,7 @@ __all__ = [
     "histogram_mean",
     "histogram_quantile",
     "parse_le",
+    "plain_quantiles",
 ]
 
 #: Relative difference between neighbouring cumulative counts that Prometheus treats as
@@ -117,6 +121,11 @@ def _interpolate(q: float, bounds: list[float], counts: list[float]) -> float:
     """Step 6 on prepared buckets (≥ 2 bounds, a +Inf count above 0, 0 ≤ q ≤ 1)."""
     rank = q * counts[-1]
     b = _go_sort_search(len(counts) - 1, lambda i: counts[i] >= rank)
+    return _in_bucket(rank, b, bounds, counts)
+
+
+def _in_bucket(rank: float, b: int, bounds: list[float], counts: list[float]) -> float:
+    """Step 6 once the bucket `b` holding `rank` is found."""
     if b == len(bounds) - 1:
         return bounds[-2]
     if b == 0 and bounds[0] <= 0:
@@ -147,6 +156,38 @@ def histogram_quantiles(qs: Sequence[float], buckets: Sequence[tuple[float, floa
             out.append(histogram_quantile(q, buckets))
             continue
         out.append(_interpolate(q, bounds, counts))
+    return out
+
+
+def plain_quantiles(qs: Sequence[float], bounds: Sequence[float], counts: list[float]) -> list[float] | None:
+    """``histogram_quantiles(qs, list(zip(bounds, counts)))`` for the common histogram, in one
+    pass and without preparing anything: `bounds` strictly increasing up to +Inf (the caller
+    knows its layout), counts finite, from ≥ 0 non-decreasing to a total above 0, every rise
+    far above SMALL_DELTA_TOLERANCE, and every q in [0, 1]. Then sorting, coalescing and the
+    monotonic repair change nothing and Go's search is a bisection, so the floats are the
+    same. None for anything else: the caller takes histogram_quantiles."""
+    n = len(counts)
+    if n < 2 or n != len(bounds):
+        return None
+    total = counts[-1]
+    # finite (a NaN or an infinity makes the sum one), from ≥ 0 to above 0
+    if not (math.isfinite(sum(counts)) and counts[0] >= 0 and total > 0):
+        return None
+    # Never going down, and no rise a small delta to flatten: a rise d > 1e-11 × total between
+    # counts of at most total is > 5e-12 of their sum, far above the tolerance (and above the
+    # absolute one near zero once ≥ 1e-300). The rises between runs of equal counts are few:
+    # most buckets repeat the one below.
+    distinct = [count for count, _ in groupby(counts)]
+    smallest = min(map(sub, distinct[1:], distinct), default=total)
+    if not (smallest > total * (10 * SMALL_DELTA_TOLERANCE) and smallest >= 1e-300):
+        return None
+    out = []
+    last = n - 1
+    for q in qs:
+        if not 0 <= q <= 1:  # NaN too
+            return None
+        rank = q * total
+        out.append(_in_bucket(rank, bisect_left(counts, rank, 0, last), bounds, counts))  # type: ignore[arg-type]
     return out
 
 

@@ -242,8 +242,9 @@ class Outbox:
     async def encoded(self, entries: list[tuple]) -> None:
         """Send `encoded_records` entries, in the order `records` sends the records."""
         entries.sort(key=itemgetter(0))
+        send = self.send
         for _order, topic, key, value, ts_ms in entries:
-            await self.put(topic, key, value, ts_ms)
+            self.pending.append(await send(topic, key, value, ts_ms, None))  # `put`, inlined
 
     async def delivered(self) -> None:
         if self.pending:
@@ -552,13 +553,12 @@ class NodeStage:
                 partial = node_state.close_window(st, size, start, self.settings)
                 if partial is None:
                     continue
-                records.extend(encoded_records(aggregate.node_records(partial, self.settings), self.topics))
+                records.extend(aggregate.node_outputs(partial, self.settings))
                 partial.pop("slo", None)
                 partial["src"] = part
                 partial["type"] = "partial"
                 # compressed when large, like the node state it comes from (which fits a record)
-                partials.append((i, partial["cluster"].encode(),
-                                 memoryview(statecodec.encode_json(dumps(partial))).tobytes(), start + size))
+                partials.append((i, partial["cluster"].encode(), statecodec.encode_json(dumps(partial)), start + size))
                 if partial["left"] and size == largest:
                     pstate["nodes"].remove(node)
                     gone = True
@@ -679,8 +679,7 @@ class ClusterStage:
             merged = aggregate.merge_in_order(partials, self.settings)
             history = (cluster.roll_slo(index, name, start, merged, self.settings)
                        if size == self.settings.step_s * 1000 else None)
-            await out.records(aggregate.cluster_records(name, size, start, merged, self.settings, history),
-                              self.topics)
+            await out.encoded(aggregate.cluster_outputs(name, size, start, merged, self.settings, history))
             for k in keys:
                 cache.delete(q, k)  # written after the outputs were acknowledged
             self.stats["windows"] += 1

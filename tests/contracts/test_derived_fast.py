@@ -1,6 +1,6 @@
 """The contract's fast check of derived records (contracts/derived_fast.py) against
 DerivedRecord.decode: every record it accepts decodes to the same fields; every record the
-contract refuses, it refuses too."""
+contract refuses, it refuses too. And its encoder against DerivedRecord.encode: the same bytes."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import math
 import orjson
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from contracts.derived import DerivedRecord
-from contracts.derived_fast import NotCommonShape, check_series, number, read_common
+from contracts.codec import dumps
+from contracts.derived import KINDS, DerivedRecord
+from contracts.derived_fast import NotCommonShape, RecordEncoder, check_series, number, read_common
 from tests.contracts.derived_json import derived_json
 
 
@@ -84,3 +86,44 @@ def test_records_the_contract_refuses_or_may_refuse_are_refused(change, why: str
     change(obj)
     with pytest.raises((NotCommonShape, KeyError)):
         fast_fields(orjson.dumps(obj))
+
+
+# -- RecordEncoder against DerivedRecord.encode ------------------------------------------------
+
+any_text = st.text(max_size=6) | st.sampled_from(["prod", "node-007", 'qu"ote\\', "é\u2028", "\x00"])
+float_value = (st.floats() | st.integers(-(2**63), 2**63) | st.integers(2**1100, 2**1101) | st.none() | st.just("x")
+               | st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 0.1 + 0.2, 1e300, True]))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(kind=st.sampled_from(KINDS), node=st.none() | any_text, cluster=any_text, metric=any_text,
+       start=st.integers(-(2**40), 2**45), length=st.integers(-5_000, 10**9),
+       labels=st.dictionaries(any_text, any_text | st.integers(0, 9), max_size=4),
+       values=st.dictionaries(any_text, float_value, max_size=7),
+       contributors=st.dictionaries(st.sampled_from(["scrapes", "nodes", "members", "x"]), st.integers(0, 10**6)))
+def test_the_encoder_writes_the_contract_bytes(kind, node, cluster, metric, start, length, labels, values,  # noqa: ANN001
+                                               contributors) -> None:
+    scope = "cluster" if node is None else "node"
+    record = DerivedRecord(kind=kind, scope=scope, cluster=cluster, node=node, window_start_ms=start,
+                           window_end_ms=start + length, metric=metric, values=values, labels=labels,
+                           contributors=contributors)
+    encoder = RecordEncoder(scope, cluster, node, start, start + length, contributors)
+    assert outcome(encoder.encode, kind, dumps(metric), dumps(dict(labels)), values) == outcome(record.encode)
+    assert encoder.key == record.key
+
+
+def outcome(f, *args):  # noqa: ANN001, ANN201
+    """f's bytes, or the type of what it raised (orjson refuses an int past 64 bits)."""
+    try:
+        return f(*args)
+    except Exception as exc:  # noqa: BLE001
+        return type(exc)
+
+
+@pytest.mark.parametrize(("scope", "node"), [("pod", "n"), ("node", None), ("cluster", "n")])
+def test_the_encoder_refuses_what_the_contract_refuses(scope: str, node) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError):
+        DerivedRecord(kind="rates", scope=scope, cluster="c", node=node, window_start_ms=0, window_end_ms=1,
+                      metric="m", values={})
+    with pytest.raises(ValueError):
+        RecordEncoder(scope, "c", node, 0, 1, {})
