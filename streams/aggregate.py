@@ -12,12 +12,11 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from contracts.codec import dumps
-from contracts.derived import DerivedRecord
 from contracts.derived_fast import RecordEncoder
 from streams.aggregators import CounterIncrease, GaugeStats, HistogramDeltas, entry_quantile, pooled_quantile
 from streams.config import StreamSettings, quantile_name
 from streams.node_state import NETPROG
-from streams.node_state import split_sid as _split_sid  # data_records picks the scope's variant
+from streams.node_state import split_sid as _split_sid
 
 #: Counters whose increase is a restore failure (health: "restore_failures").
 RESTORE_FAILURES = (
@@ -27,13 +26,6 @@ RESTORE_FAILURES = (
 )
 HEALTH_METRIC = "kube_proxy"
 SKIP_GAUGE_SUFFIX = "_timestamp_seconds"  # reported as health (seconds since last sync)
-
-
-def _common(kind: str, scope: str, cluster: str, node: str | None, start: int, size: int, metric: str,
-            labels: dict, values: dict, contributors: dict) -> DerivedRecord:
-    return DerivedRecord(kind=kind, scope=scope, cluster=cluster, node=node, window_start_ms=start,
-                         window_end_ms=start + size, metric=metric, values=values, labels=labels,
-                         contributors=contributors)
 
 
 def cluster_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -56,33 +48,6 @@ def cluster_labels(labels: dict[str, str]) -> dict[str, str]:
 def _cluster_split_sid(series: str) -> tuple[str, dict[str, str]]:
     metric, labels = _split_sid(series)
     return metric, cluster_labels(labels)
-
-
-def data_records(scope: str, cluster: str, node: str | None, start: int, size: int, acc: dict,
-                 contributors: dict, settings: StreamSettings) -> list[DerivedRecord]:
-    """rates, quantiles and gauges of one window's accumulated data (node or merged)."""
-    size_s = size / 1000.0
-    out: list[DerivedRecord] = []
-    split_sid = _cluster_split_sid if scope == "cluster" else _split_sid
-    for series in sorted(acc["c"]):
-        metric, labels = split_sid(series)
-        out.append(_common("rates", scope, cluster, node, start, size, metric, labels,
-                           CounterIncrease.flush(acc["c"][series], size_s), contributors))
-    for series in sorted(acc["h"]):
-        window = acc["h"][series]
-        metric, labels = split_sid(series)
-        # the observation count is a counter of its own: its increase and rate
-        out.append(_common("rates", scope, cluster, node, start, size, metric + "_count", labels,
-                           CounterIncrease.flush(window[1], size_s), contributors))
-        out.append(_common("quantiles", scope, cluster, node, start, size, metric, labels,
-                           HistogramDeltas.flush(window, settings.quantiles), contributors))
-    for series in sorted(acc["g"]):
-        metric, labels = split_sid(series)
-        if metric.endswith(SKIP_GAUGE_SUFFIX):
-            continue
-        out.append(_common("gauges", scope, cluster, node, start, size, metric, labels,
-                           GaugeStats.flush(acc["g"][series]), contributors))
-    return out
 
 
 def restore_failures(counters: dict[str, float]) -> float | None:
@@ -112,19 +77,6 @@ def node_health(partial: dict, settings: StreamSettings) -> dict[str, float | No
         # only when some scrape was rejected (clock_skew / too_old): good input's bytes stay as before
         **({"scrapes_rejected": partial["rej"]} if partial.get("rej") else {}),
     }
-
-
-def node_records(partial: dict, settings: StreamSettings) -> list[DerivedRecord]:
-    """Everything a closed node window publishes (health always; data when it had scrapes)."""
-    cluster, node, start, size = partial["cluster"], partial["node"], partial["start_ms"], partial["size_ms"]
-    contributors = {"scrapes": partial["scrapes"], "nodes": 1 if partial["scrapes"] else 0}
-    out = data_records("node", cluster, node, start, size, partial, contributors, settings)
-    out.append(_common("health", "node", cluster, node, start, size, HEALTH_METRIC, {},
-                       node_health(partial, settings), contributors))
-    if "slo" in partial:
-        out.append(slo_record("node", cluster, node, start + size, partial["slo"], settings,
-                              contributors))
-    return out
 
 
 def merge(partials: list[dict], settings: StreamSettings) -> dict:
@@ -178,33 +130,11 @@ def merge_in_order(partials: Iterable[dict], settings: StreamSettings) -> dict:
     return acc
 
 
-def cluster_records(cluster: str, size: int, start: int, merged: dict, settings: StreamSettings,
-                    slo_history: list | None = None) -> list[DerivedRecord]:
-    contributors = {"nodes": merged["present"], "members": merged["health"]["nodes"],
-                    "scrapes": merged["health"]["scrapes"]}
-    out = data_records("cluster", cluster, None, start, size, merged, contributors, settings)
-    out.append(_common("health", "cluster", cluster, None, start, size, HEALTH_METRIC, {},
-                       merged["health"], contributors))
-    if slo_history is not None:
-        out.append(slo_record("cluster", cluster, None, start + size, slo_history, settings, contributors))
-    return out
-
-
 def pooled_count(history: list) -> float:
     count = 0.0
     for entry in history:
         count += entry[2]
     return count
-
-
-def slo_record(scope: str, cluster: str, node: str | None, end: int, history: list,
-               settings: StreamSettings, contributors: dict) -> DerivedRecord:
-    """The network-programming SLI over the rolling SLO window ending at `end` (values: see
-    slo_values)."""
-    span = settings.slo_window_s * 1000
-    return DerivedRecord(kind="slo", scope=scope, cluster=cluster, node=node, window_start_ms=end - span,
-                         window_end_ms=end, metric=NETPROG, values=slo_values(history, settings), labels={},
-                         contributors=contributors)
 
 
 def slo_values(history: list, settings: StreamSettings) -> dict[str, float | None]:
@@ -237,18 +167,10 @@ def slo_values(history: list, settings: StreamSettings) -> dict[str, float | Non
     }
 
 
-def record_order(r: DerivedRecord) -> tuple:
-    """The order records of one close are sent in."""
-    return (r.window_end_ms, r.kind, r.scope, r.node or "", r.metric, sorted(r.labels.items()), r.window_start_ms)
-
-
-def sort_records(records: list[DerivedRecord]) -> list[DerivedRecord]:
-    return sorted(records, key=record_order)
-
-
 # -- the records of a close, encoded without a DerivedRecord each -------------------------------
 #
-# What the stages send: `stages.encoded_records` of node_records / cluster_records, i.e. entries
+# What the stages send: the records of tests/streams/record_reference.py (DerivedRecord objects,
+# the plain statement of each record) as encoded entries
 # (send order, topic, key, bytes, timestamp), built here straight from the window's data. The
 # values are the same functions' (flush, node_health, slo_values); what a series id gives (its
 # metric and labels, their JSON, their order) is worked out once per series id;
@@ -278,7 +200,8 @@ def _series(scope: str, series: str) -> tuple:
 
 def data_outputs(encoder: RecordEncoder, scope: str, node: str | None, start: int, size: int, acc: dict,
                  settings: StreamSettings) -> list[tuple]:
-    """The entries of data_records(scope, ..., acc, ...), encoded by `encoder` (of that window)."""
+    """The rates, quantiles and gauges records of one window's accumulated data (node or
+    merged), encoded by `encoder` (of that window)."""
     topics = settings.topics
     rates_topic, quantiles_topic, gauges_topic = topics.rates, topics.quantiles, topics.gauges
     end = start + size
@@ -326,7 +249,8 @@ def _slo_output(scope: str, cluster: str, node: str | None, end: int, history: l
 
 
 def node_outputs(partial: dict, settings: StreamSettings) -> list[tuple]:
-    """stages.encoded_records(node_records(partial, settings), settings.topics)."""
+    """Everything a closed node window publishes (health always; data when it had scrapes), as
+    (send order, topic, key, bytes, timestamp) entries."""
     cluster, node, start, size = partial["cluster"], partial["node"], partial["start_ms"], partial["size_ms"]
     contributors = {"scrapes": partial["scrapes"], "nodes": 1 if partial["scrapes"] else 0}
     encoder = RecordEncoder("node", cluster, node, start, start + size, contributors)
@@ -339,7 +263,7 @@ def node_outputs(partial: dict, settings: StreamSettings) -> list[tuple]:
 
 def cluster_outputs(cluster: str, size: int, start: int, merged: dict, settings: StreamSettings,
                     slo_history: list | None = None) -> list[tuple]:
-    """stages.encoded_records(cluster_records(cluster, ...), settings.topics)."""
+    """Everything a closed cluster window publishes, as node_outputs' entries."""
     contributors = {"nodes": merged["present"], "members": merged["health"]["nodes"],
                     "scrapes": merged["health"]["scrapes"]}
     encoder = RecordEncoder("cluster", cluster, None, start, start + size, contributors)

