@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from itertools import groupby
 from operator import itemgetter
 from typing import Any, Awaitable, Callable, MutableMapping
 
@@ -40,7 +41,7 @@ from contracts.codec import DecodeError, dumps
 from contracts.dlq import dead_letter as contract_dead_letter
 from contracts.dlq import dlq_key
 from contracts.late import late_partial, late_scrape
-from streams import aggregate, cluster, heap, node_state, partition, statecodec
+from streams import aggregate, bundle, cluster, heap, node_state, partition, statecodec
 from streams.config import StreamSettings
 from contracts.records_fast import decode_scrape
 from streams.selfmetrics import NO_METRICS
@@ -563,9 +564,13 @@ class NodeStage:
                 trace_log.debug("window %d+%d s closed on partition %d (%s) batch %d", start, size // 1000, part,
                                 "idle" if idle else "watermark", self.batch)
         await out.encoded(records)
-        partials.sort(key=itemgetter(0))  # window by window; nodes in order within one
-        for _i, key, value, ts_ms in partials:
-            await out.put(self.settings.cluster_partials_topic, key, value, ts_ms)
+        # window by window, nodes in order within one: the partials of a (window, cluster) in
+        # as few messages as fit (streams/bundle.py)
+        partials.sort(key=itemgetter(0, 1))
+        topic = self.settings.cluster_partials_topic
+        for (_i, key, ts_ms), group in groupby(partials, key=itemgetter(0, 1, 3)):
+            for value in bundle.pack([p[2] for p in group], statecodec.MAX_VALUE_BYTES):
+                await out.put(topic, key, value, ts_ms)
         await self._marker(out, part, pstate, idle=idle)
 
     async def _marker(self, out: Outbox, part: int, pstate: dict, idle: bool) -> None:
@@ -631,9 +636,12 @@ class ClusterStage:
             return
         index["off"] = offset
         try:
-            msg = statecodec.decode(value)
-            kind = msg["type"]
-            src = int(msg["src"])
+            raws = bundle.unpack(value) or [value]
+            msgs = [statecodec.decode(raw) for raw in raws]
+            kinds = [msg["type"] for msg in msgs]
+            srcs = [int(msg["src"]) for msg in msgs]
+            if len(msgs) > 1 and set(kinds) != {"partial"}:
+                raise ValueError(f"a bundle of partials holds {sorted(set(kinds))!r}")
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             self.stats["dlq"] += 1
             self.metrics.dead_lettered("malformed")
@@ -642,22 +650,12 @@ class ClusterStage:
                 error=f"bad cluster partial: {exc!r}"), None)
             cache.put(q, ikey, index)
             return
-        self.heard[src] = self.clock()
-        if kind == "progress":
-            cluster.apply_progress(index, src, msg["through"], msg["idle"])
-        else:
-            name, size, start, node = msg["cluster"], msg["size_ms"], msg["start_ms"], msg["node"]
-            reason = cluster.late_reason(index, name, size, start)
-            if reason is not None and cluster.reemitted(index, src, size, start):
-                self.stats["replayed"] += 1
-            elif reason is not None:
-                self.stats["late"] += 1
-                self.metrics.late(partition.WINDOW_CLOSED)
-                await out.put(self.topics.late, key, late_partial(
-                    reason, self.settings.cluster_partials_topic, q, offset, msg).encode(), start + size)
-            elif cluster.add_partial(index, name, size, start, node, PartitionView(cache, q)):
-                self.stats["partials"] += 1
-                cache.put(q, cluster.partial_key(name, size, start, node), value)
+        for raw, msg, kind, src in zip(raws, msgs, kinds, srcs):
+            self.heard[src] = self.clock()
+            if kind == "progress":
+                cluster.apply_progress(index, src, msg["through"], msg["idle"])
+            else:
+                await self._partial(q, offset, key, index, src, raw, msg)
         due = cluster.due_windows(index, self.settings, self.silent())
         for name, size, start in due:
             nodes = cluster.take_window(index, name, size, start, PartitionView(cache, q))
@@ -673,3 +671,19 @@ class ClusterStage:
             self.stats["windows"] += 1
             self.metrics.window_closed("cluster", size, start)
         cache.put(q, ikey, index)
+
+    async def _partial(self, q: int, offset: int, key: bytes | None, index: dict, src: int, raw: bytes,
+                       msg: dict) -> None:
+        """A node's partial (its own bytes `raw`, decoded `msg`) of message `offset`."""
+        name, size, start, node = msg["cluster"], msg["size_ms"], msg["start_ms"], msg["node"]
+        reason = cluster.late_reason(index, name, size, start)
+        if reason is not None and cluster.reemitted(index, src, size, start):
+            self.stats["replayed"] += 1
+        elif reason is not None:
+            self.stats["late"] += 1
+            self.metrics.late(partition.WINDOW_CLOSED)
+            await self.out.put(self.topics.late, key, late_partial(
+                reason, self.settings.cluster_partials_topic, q, offset, msg).encode(), start + size)
+        elif cluster.add_partial(index, name, size, start, node, PartitionView(self.cache, q)):
+            self.stats["partials"] += 1
+            self.cache.put(q, cluster.partial_key(name, size, start, node), raw)

@@ -17,11 +17,10 @@ import pytest
 from contracts import late
 from contracts.codec import DecodeError
 from contracts.late import LateRecord, late_partial, late_scrape
-from streams import statecodec
 from streams.config import StreamSettings
 from streams.stages import ClusterStage, NodeStage
 from tests.streams.golden import batched
-from tests.streams.reference import FakeClock
+from tests.streams.reference import FakeClock, cluster_messages
 from tests.streams.simdata import START_S, scrape_records
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -62,9 +61,9 @@ def stage_outputs() -> list[tuple[str, bytes | None, bytes, int | None, int | No
         cluster_sent = [m for m in sent if m[0] == SETTINGS.cluster_partials_topic]
         from_src = {0: [], 1: []}
         for _topic, key, value, _ts, _part in cluster_sent:
-            from_src[statecodec.decode(value)["src"]].append((key, value))
+            from_src[cluster_messages(value)[0]["src"]].append((key, value))
         idle = orjson.dumps({"type": "progress", "src": 1, "through": {}, "idle": True})
-        partials_of_1 = [(k, v) for k, v in from_src[1] if statecodec.decode(v)["type"] == "partial"]
+        partials_of_1 = [(k, v) for k, v in from_src[1] if cluster_messages(v)[0]["type"] == "partial"]
         cluster_stage = ClusterStage(SETTINGS, {}, _recording(sent), clock=FakeClock())
         for offset, (key, value) in enumerate([(None, idle)] + from_src[0] + partials_of_1):
             await cluster_stage.on_message(0, offset, key, value)

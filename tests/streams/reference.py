@@ -11,6 +11,7 @@ import random
 from collections import defaultdict
 
 from kafka_io.partitioner import partition_for
+from streams import bundle, statecodec
 from streams.config import StreamSettings
 from streams.stages import ClusterStage, NodeStage
 
@@ -111,3 +112,9 @@ async def _run(settings, messages, seed, finish_idle, tables, first_offset, batc
         if batch is not None:
             await cluster.flush()
     return sent
+
+
+def cluster_messages(value: bytes) -> list[dict]:
+    """The decoded partials or progress marker of one cluster-partials message (a bundle of
+    partials, streams/bundle.py, or a message of its own)."""
+    return [statecodec.decode(raw) for raw in bundle.unpack(value) or [value]]

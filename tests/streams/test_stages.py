@@ -15,7 +15,7 @@ from streams import aggregate, cluster, node_state, partition
 from streams.aggregators import HistogramDeltas
 from streams.config import StreamSettings, quantile_name
 from tests.streams import record_reference
-from tests.streams.reference import run_reference
+from tests.streams.reference import cluster_messages, run_reference
 from tests.streams.simdata import reference_bucket_deltas, reference_quantile, scrape_records
 
 S = StreamSettings(topic_prefix="u", partitions=2)
@@ -236,7 +236,7 @@ def test_close_idle_and_finish_close_open_windows_without_a_clock():
     healths = [r for r in decoded(sent, "health") if r.window_end_ms > records[-1].scrape_ts_ms]
     assert closed_now > 0 and {r.window_size_s for r in healths} == {60, 300}
     assert after_finish == 0  # partition 0 idle already; partition 1 had nothing open
-    markers = [json.loads(v) for q in (0, 1) for _k, v in partials[q] if json.loads(v)["type"] == "progress"]
+    markers = [m for q in (0, 1) for _k, v in partials[q] for m in cluster_messages(v) if m["type"] == "progress"]
     assert markers[-1]["idle"] and {m["src"] for m in markers if m["idle"]} == {0, 1}
     assert json.loads(stage.table["partition:1"])["idle"] is True
 
