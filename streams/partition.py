@@ -120,6 +120,16 @@ def due_windows(state: dict, settings: StreamSettings, *, idle: bool = False) ->
     if state["max"] is None:
         return []
     wm = watermark(state["max"], settings.lateness_ms)
+    if not idle and not state.get("gaps"):
+        # the common case, on every scrape: no gap to skip, and no size's next window ends by
+        # the watermark (what the loop below would find, without its lists)
+        nxt = state["next"]
+        for size in settings.sizes_ms:
+            start = nxt.get(str(size))
+            if start is not None and start + size <= wm:
+                break
+        else:
+            return []
     gaps = sorted(state.get("gaps", ()))
     due: list[tuple[int, int, int]] = []
     for size in settings.sizes_ms:

@@ -251,3 +251,16 @@ def test_observe_keeps_the_partitions_nodes_sorted_and_each_once() -> None:
     for i, name in enumerate(names):
         partition.observe(p, NOW + i, name, S)
     assert p["nodes"] == sorted(set(names))
+
+
+def test_due_windows_by_watermark_are_every_window_from_next_ending_by_it() -> None:
+    rng = random.Random(12)
+    for _ in range(2000):
+        mx = rng.randrange(0, 2_000_000)
+        nxt = {str(size): partition.window_start(max(0, mx - rng.randrange(0, 700_000)), size) for size in S.sizes_ms
+               if rng.random() < 0.9}
+        state = {"max": mx, "nodes": [], "next": nxt, "idle": False}
+        wm = mx - S.lateness_ms
+        expected = sorted((start + size, size, start) for size in S.sizes_ms if str(size) in nxt
+                          for start in range(nxt[str(size)], wm - size + 1, size))
+        assert partition.due_windows(state, S) == [(size, start) for _end, size, start in expected]
