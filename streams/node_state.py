@@ -37,7 +37,7 @@ import orjson
 from contracts.codec import float_from_json, float_to_json
 from contracts.records import ScrapeRecord
 from contracts.records_fast import DecodedScrape, ScrapeShape
-from streams.aggregators import (CounterIncrease, GaugeStats, HistogramDeltas, _les_json, _les_keys, add_buckets,
+from streams.aggregators import (CounterIncrease, GaugeStats, HistogramDeltas, add_buckets, les_json, les_keys,
                                  slo_entry)
 from streams.config import StreamSettings
 from streams.deltas import MICROSECONDS, HistogramSnapshot, to_seconds
@@ -290,7 +290,7 @@ class _Ingest:
                 break
             by_bound = sorted(zip(les, at))
             bounds = tuple(le for le, _ in by_bound)
-            hists.append((series, _les_json(bounds), _les_keys(bounds), [i for _, i in by_bound], count_at, sum_at))
+            hists.append((series, les_json(bounds), les_keys(bounds), [i for _, i in by_bound], count_at, sum_at))
         self.hists = None if hists is None else _HistPlan(hists)
 
 
