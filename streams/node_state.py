@@ -278,9 +278,9 @@ class _Ingest:
         self.counter_at = [i for _, i in plan.counters]
         self.gauges = [series for series, _ in plan.gauges]
         self.gauge_at = [i for _, i in plan.gauges]
-        # the gauges sync_health reads, in the gauges' order
-        self.sync = [(series, i) for series, i in plan.gauges
-                     if series.partition("|")[0] in (LAST_SYNC, LAST_QUEUED)]
+        # the gauges sync_health reads, in the gauges' order: (last sync or last queued, labels, index)
+        self.sync = [(metric == LAST_SYNC, labels, i) for series, i in plan.gauges
+                     for metric, _, labels in [series.partition("|")] if metric in (LAST_SYNC, LAST_QUEUED)]
         # (series, bounds as JSON, le keys, bucket indices by bound, count index, sum index) of
         # each histogram, or None when one is scaled or has a NaN bound (the general rules)
         hists: list | None = []
@@ -429,8 +429,7 @@ def apply_decoded(state: dict, scrape: DecodedScrape, settings: StreamSettings) 
     if ingest.hists is None or not _fold_hists_fast(state, targets, ingest.hists, values):
         _fold_hists(state, targets, _plan_hists(ingest.plan, values))
     _fold_gauges_fast(targets, ingest.gauges, [values[i] for i in ingest.gauge_at])
-    last["since_sync"], last["stall"] = sync_health({series: values[i] for series, i in ingest.sync},
-                                                    scrape.scrape_ts_ms)
+    last["since_sync"], last["stall"] = _sync_health_fast(ingest.sync, values, scrape.scrape_ts_ms)
 
 
 def _count_scrape(state: dict, record: ScrapeRecord | DecodedScrape, settings: StreamSettings) -> tuple[list, dict]:
@@ -604,7 +603,6 @@ def sync_health(gauges: dict[str, float], ts_ms: int) -> tuple[float | None, flo
     """Seconds since the last successful sync (scrape time − last_timestamp, the oldest
     series counts), and how long a queued change has waited for a sync (scrape time −
     last_timestamp while last_queued > last_timestamp; 0 when nothing waits)."""
-    now = ts_ms / 1000.0
     synced: dict[str, float] = {}
     queued: dict[str, float] = {}
     for series, value in gauges.items():
@@ -613,6 +611,24 @@ def sync_health(gauges: dict[str, float], ts_ms: int) -> tuple[float | None, flo
             synced[labels] = value
         elif metric == LAST_QUEUED and math.isfinite(value):
             queued[labels] = value
+    return _sync_health(synced, queued, ts_ms)
+
+
+def _sync_health_fast(sync: list, values: list, ts_ms: int) -> tuple[float | None, float | None]:
+    """sync_health of a scrape folded by its ingest plan: the gauges it reads by index, their
+    names already split (_Ingest.sync)."""
+    synced: dict[str, float] = {}
+    queued: dict[str, float] = {}
+    for last_sync, labels, i in sync:
+        value = values[i]
+        if _isfinite(value):
+            (synced if last_sync else queued)[labels] = value
+    return _sync_health(synced, queued, ts_ms)
+
+
+def _sync_health(synced: dict[str, float], queued: dict[str, float], ts_ms: int) -> tuple[float | None, float | None]:
+    """sync_health from the finite last sync and last queued times, by labels."""
+    now = ts_ms / 1000.0
     if not synced:
         return None, None
     since = round(max(now - v for v in synced.values()), 6)

@@ -211,8 +211,9 @@ def test_folding_by_the_ingest_plan_equals_folding_series_by_series(seed, monkey
             _down(obj, rng)
         elif roll < 0.35:
             _no_kube_proxy_metrics(obj, rng)
-        elif repeat_rng.random() < 0.3:  # no new observation: zero deltas for the histograms or the whole scrape
-            kinds = repeat_rng.choice([("_bucket", "_count", "_sum"), ("_bucket", "_count", "_sum", "counter", "gauge")])
+        elif repeat_rng.random() < 0.3:  # no new observation: zero deltas (histograms, or every series)
+            hists = ("_bucket", "_count", "_sum")
+            kinds = repeat_rng.choice([hists, (*hists, "counter", "gauge")])
             _repeat_last(obj, last_values.get(obj["node"], {}), kinds)
         last_values[obj["node"]] = {_row_key(row): row[2] for row in obj["samples"]}
         decoded = decode_scrape(orjson.dumps(obj))
@@ -296,3 +297,29 @@ def test_add_in_place_equals_histogram_push():
             _same(fast, reference)
             outcomes.add((done, zero))
     assert outcomes == {(True, True), (True, False), (False, True), (False, False)}
+
+
+def test_sync_health_by_plan_equals_sync_health():
+    """The ingest plan's sync_health (gauges by index, names split once) against sync_health
+    over the gauges as a dict: syncs and queued changes of several label sets, other gauges,
+    values that are NaN or infinite, queued after or before the sync, none at all."""
+    sync, queued = f"{node_state.LAST_SYNC}|", f"{node_state.LAST_QUEUED}|"
+    series = [sync + "{}", queued + "{}", "other_gauge|{}", sync + '{"a":"1"}', queued + '{"a":"1"}',
+              queued + '{"b":"2"}', node_state.LAST_SYNC + "_extra|{}"]
+    plan = node_state._Plan([], {}, [], list(zip(series, range(len(series)))), [])
+    ingest = node_state._Ingest(plan)
+    rng = random.Random(3)
+    outcomes = set()
+    choices = [1700000000.0, 1700000010.5, 1699999990.25, 5.0, float("nan"), float("inf"), -float("inf")]
+    for _ in range(500):
+        values = [rng.choice(choices) for _ in series]
+        for kept in (series, series[1:], series[2:3], []):
+            ts_ms = rng.choice([1700000015000, 1700000001234])
+            gauges = {s: values[i] for i, s in enumerate(series) if s in kept}
+            keep = [s in kept for s in series]
+            plan = node_state._Plan([], {}, [], [(s, i) for i, s in enumerate(series) if keep[i]], [])
+            fast = node_state._sync_health_fast(node_state._Ingest(plan).sync, values, ts_ms)
+            assert repr(fast) == repr(node_state.sync_health(gauges, ts_ms))
+            outcomes.add("none" if fast[0] is None else "stalled" if fast[1] else "synced")
+    assert outcomes == {"none", "stalled", "synced"}
+    assert [labels for _, labels, _ in ingest.sync] == ["{}", "{}", '{"a":"1"}', '{"a":"1"}', '{"b":"2"}']
