@@ -123,16 +123,18 @@ def le_from_key(key: str) -> float:
     return math.inf if key == "+Inf" else float(key)
 
 
-def _les_json(les: tuple) -> list:
-    les_json = _LES_JSON.get(les)
-    if les_json is None:
-        les_json = [float_to_json(le) for le in les]
+def les_json(les: tuple) -> list:
+    """The JSON form of sorted bucket bounds (one shared list per layout: node states hold it)."""
+    encoded = _LES_JSON.get(les)
+    if encoded is None:
+        encoded = [float_to_json(le) for le in les]
         if len(_LES_JSON) < 1000:
-            _LES_JSON[les] = les_json
-    return les_json
+            _LES_JSON[les] = encoded
+    return encoded
 
 
-def _les_keys(les: tuple) -> list:
+def les_keys(les: tuple) -> list:
+    """The `le` keys of sorted bucket bounds (one shared list per layout)."""
     keys = _LES_KEYS.get(les)
     if keys is None:
         keys = [le_key(le) for le in les]
@@ -154,7 +156,7 @@ class HistogramDeltas:
     def baseline(snap: HistogramSnapshot) -> list:
         les = tuple(sorted(snap.buckets))
         buckets = snap.buckets
-        return [_les_json(les), [buckets[le] for le in les], snap.count, float_to_json(snap.sum)]
+        return [les_json(les), [buckets[le] for le in les], snap.count, float_to_json(snap.sum)]
 
     @staticmethod
     def snapshot(baseline: list) -> HistogramSnapshot:
@@ -278,7 +280,7 @@ def _common_step(previous: list | None, snap: HistogramSnapshot) -> tuple | None
     # every count finite (a NaN or an infinity makes the sum one) and none went down
     if not (_isfinite(sum(counts)) and (not deltas or min(deltas) >= 0)):
         return None
-    return _les_keys(les), deltas, count - prev_count, total - prev_sum, [cached, counts, count, float_to_json(total)]
+    return les_keys(les), deltas, count - prev_count, total - prev_sum, [cached, counts, count, float_to_json(total)]
 
 
 class GaugeStats:

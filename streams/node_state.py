@@ -37,7 +37,7 @@ import orjson
 from contracts.codec import float_from_json, float_to_json
 from contracts.records import ScrapeRecord
 from contracts.records_fast import DecodedScrape, ScrapeShape
-from streams.aggregators import (CounterIncrease, GaugeStats, HistogramDeltas, _les_json, _les_keys, slo_entry,
+from streams.aggregators import (CounterIncrease, GaugeStats, HistogramDeltas, les_json, les_keys, slo_entry,
                                  sum_buckets)
 from streams.config import StreamSettings
 from streams.deltas import MICROSECONDS, HistogramSnapshot, to_seconds
@@ -278,9 +278,9 @@ class _Ingest:
         self.counter_at = [i for _, i in plan.counters]
         self.gauges = [series for series, _ in plan.gauges]
         self.gauge_at = [i for _, i in plan.gauges]
-        # the gauges sync_health reads, in the gauges' order
-        self.sync = [(series, i) for series, i in plan.gauges
-                     if series.partition("|")[0] in (LAST_SYNC, LAST_QUEUED)]
+        # the gauges sync_health reads, in the gauges' order: (last sync or last queued, labels, index)
+        self.sync = [(metric == LAST_SYNC, labels, i) for series, i in plan.gauges
+                     for metric, _, labels in [series.partition("|")] if metric in (LAST_SYNC, LAST_QUEUED)]
         # (series, bounds as JSON, le keys, bucket indices by bound, count index, sum index) of
         # each histogram, or None when one is scaled or has a NaN bound (the general rules)
         hists: list | None = []
@@ -290,7 +290,7 @@ class _Ingest:
                 break
             by_bound = sorted(zip(les, at))
             bounds = tuple(le for le, _ in by_bound)
-            hists.append((series, _les_json(bounds), _les_keys(bounds), [i for _, i in by_bound], count_at, sum_at))
+            hists.append((series, les_json(bounds), les_keys(bounds), [i for _, i in by_bound], count_at, sum_at))
         self.hists = None if hists is None else _HistPlan(hists)
 
 
@@ -429,8 +429,7 @@ def apply_decoded(state: dict, scrape: DecodedScrape, settings: StreamSettings) 
     if ingest.hists is None or not _fold_hists_fast(state, targets, ingest.hists, values):
         _fold_hists(state, targets, _plan_hists(ingest.plan, values))
     _fold_gauges_fast(targets, ingest.gauges, [values[i] for i in ingest.gauge_at])
-    last["since_sync"], last["stall"] = sync_health({series: values[i] for series, i in ingest.sync},
-                                                    scrape.scrape_ts_ms)
+    last["since_sync"], last["stall"] = _sync_health_fast(ingest.sync, values, scrape.scrape_ts_ms)
 
 
 def _count_scrape(state: dict, record: ScrapeRecord | DecodedScrape, settings: StreamSettings) -> tuple[list, dict]:
@@ -528,15 +527,46 @@ def _fold_hists_fast(state: dict, targets: list, hists: _HistPlan, values: list)
         dsums.append(total - prev_sum)
         baselines.append([les_json, counts[part], count, total if -_INF < total < _INF else float_to_json(total)])
     state["hb"] = dict(zip(hists.series, baselines))
-    steps = list(zip(hists.series, hists.keys, map(deltas.__getitem__, hists.parts), dcounts, dsums))
+    deltas_of = list(map(deltas.__getitem__, hists.parts))
+    # a series without a new observation (every delta 0; a NaN is true): a node observes few
+    # syncs per scrape
+    quiet = [not (dcount or dsum or any(d)) for d, dcount, dsum in zip(deltas_of, dcounts, dsums)]
+    steps = list(zip(hists.series, hists.keys, deltas_of, dcounts, dsums, quiet))
     push, new = HistogramDeltas.push, HistogramDeltas.new
     for partial in targets:
         window = partial["h"]
-        for series, keys, series_deltas, dcount, dsum in steps:
+        for series, keys, series_deltas, dcount, dsum, zero in steps:
             h = window.get(series)
             if h is None:
                 h = window[series] = new()
+            elif add_in_place(h, keys, series_deltas, dcount, dsum, zero):
+                continue
             push(h, keys, series_deltas, dcount, dsum)
+    return True
+
+
+def add_in_place(window: list, keys: list, deltas: list, count: float, total: float, zero: bool) -> bool:
+    """HistogramDeltas.push(window, keys, deltas, count, total) for a window partial of the
+    same bucket layout (`keys`, in order) and a finite float sum, done in place and only
+    where a delta is not 0 (`zero`: every one is); False, with nothing changed, otherwise.
+
+    Exact: x + 0.0 is x for every float but -0.0, which a window never holds (its sums start
+    at +0.0, and a sum of floats is -0.0 only when both terms are); an int count would turn
+    float, so the count must be a float already."""
+    buckets, window_count, window_total = window
+    if not (type(window_total) is float and type(window_count) is float and -_INF < window_total < _INF
+            and len(buckets) == len(keys) and list(buckets) == keys):
+        return False
+    if zero:
+        return True
+    window_total += total
+    if not -_INF < window_total < _INF:
+        return False  # a sum that is no longer finite is re-encoded (a JSON string): push's rule
+    for key, delta in zip(keys, deltas):
+        if delta:
+            buckets[key] += delta
+    window[1] = window_count + count
+    window[2] = window_total
     return True
 
 
@@ -573,7 +603,6 @@ def sync_health(gauges: dict[str, float], ts_ms: int) -> tuple[float | None, flo
     """Seconds since the last successful sync (scrape time − last_timestamp, the oldest
     series counts), and how long a queued change has waited for a sync (scrape time −
     last_timestamp while last_queued > last_timestamp; 0 when nothing waits)."""
-    now = ts_ms / 1000.0
     synced: dict[str, float] = {}
     queued: dict[str, float] = {}
     for series, value in gauges.items():
@@ -582,6 +611,24 @@ def sync_health(gauges: dict[str, float], ts_ms: int) -> tuple[float | None, flo
             synced[labels] = value
         elif metric == LAST_QUEUED and math.isfinite(value):
             queued[labels] = value
+    return _sync_health(synced, queued, ts_ms)
+
+
+def _sync_health_fast(sync: list, values: list, ts_ms: int) -> tuple[float | None, float | None]:
+    """sync_health of a scrape folded by its ingest plan: the gauges it reads by index, their
+    names already split (_Ingest.sync)."""
+    synced: dict[str, float] = {}
+    queued: dict[str, float] = {}
+    for last_sync, labels, i in sync:
+        value = values[i]
+        if _isfinite(value):
+            (synced if last_sync else queued)[labels] = value
+    return _sync_health(synced, queued, ts_ms)
+
+
+def _sync_health(synced: dict[str, float], queued: dict[str, float], ts_ms: int) -> tuple[float | None, float | None]:
+    """sync_health from the finite last sync and last queued times, by labels."""
+    now = ts_ms / 1000.0
     if not synced:
         return None, None
     since = round(max(now - v for v in synced.values()), 6)
