@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 from contracts.codec import float_from_json, float_to_json
 from streams.config import quantile_name
 from streams.deltas import HistogramSnapshot, counter_delta, histogram_delta
-from streams.quantiles import histogram_mean, histogram_quantile, histogram_quantiles, plain_quantiles
+from streams.quantiles import histogram_mean, histogram_quantiles, plain_quantiles
 
 K = TypeVar("K")
 

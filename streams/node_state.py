@@ -258,11 +258,11 @@ class _HistPlan:
         self.parts = []  # slice of each series' buckets in buckets_of(values)
         self.entries = []  # (series, bounds as JSON, keys, index of the +Inf bucket, count index, sum index, part)
         start = 0
-        for series, les_json, keys, at, count_at, sum_at in entries:
+        for series, bounds_json, keys, at, count_at, sum_at in entries:
             part = slice(start, start + len(at))
             start += len(at)
             self.parts.append(part)
-            self.entries.append((series, les_json, keys, part.stop - 1, count_at, sum_at, part))
+            self.entries.append((series, bounds_json, keys, part.stop - 1, count_at, sum_at, part))
 
 
 class _Ingest:
@@ -514,7 +514,7 @@ def _fold_hists_fast(state: dict, targets: list, hists: _HistPlan, values: list)
         return False
     nan = math.nan
     dcounts, dsums, baselines = [], [], []
-    for (_series, les_json, _keys, last, count_at, sum_at, part), (_les, _c, prev_count, prev_sum_json) in zip(
+    for (_series, bounds_json, _keys, last, count_at, sum_at, part), (_les, _c, prev_count, prev_sum_json) in zip(
             hists.entries, previous):
         count = counts[last] if count_at is None else values[count_at]  # the +Inf bucket is the last
         total = nan if sum_at is None else values[sum_at]
@@ -525,7 +525,7 @@ def _fold_hists_fast(state: dict, targets: list, hists: _HistPlan, values: list)
             return False
         dcounts.append(count - prev_count)
         dsums.append(total - prev_sum)
-        baselines.append([les_json, counts[part], count, total if -_INF < total < _INF else float_to_json(total)])
+        baselines.append([bounds_json, counts[part], count, total if -_INF < total < _INF else float_to_json(total)])
     state["hb"] = dict(zip(hists.series, baselines))
     deltas_of = list(map(deltas.__getitem__, hists.parts))
     # a series without a new observation (every delta 0; a NaN is true): a node observes few

@@ -27,7 +27,6 @@ configuration; once run over every write) and checks this.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from itertools import groupby
