@@ -40,9 +40,12 @@ log = logging.getLogger("kpp.stream")
 #: Seconds without any samples partition before the worker says so.
 UNASSIGNED_WARNING_S = 60
 
-#: Events per batch, and how long a batch waits to fill (seconds).
+#: Events per batch, and how long a batch waits to fill (seconds). The consumer hands events
+#: over only while the agent waits (one event loop), ~7,000 a second: at 0.1 s a catching-up
+#: worker's batches held ~700 events, and every node state was decoded, encoded and written
+#: for each (measured: ~7 % more CPU per scrape than at 0.3 s, whose batches near 2,000).
 BATCH_MAX = 2000
-BATCH_WITHIN = 0.1
+BATCH_WITHIN = 0.3
 
 
 class SkippedRecords:
