@@ -420,23 +420,25 @@ def pooled_quantile(q: float, windows: Iterable[Mapping[str, float]]) -> float:
 
 
 _BY_BOUND: dict[tuple, list] = {}
-_GATHER: dict[tuple, tuple[list, Callable[[list], Sequence]]] = {}
+def picker(positions: list[int]) -> Callable[[Sequence], tuple]:
+    """values -> the values at `positions`, as a tuple: itemgetter, which gives the value itself
+    for one position and cannot be made for none."""
+    if len(positions) > 1:
+        return itemgetter(*positions)
+    return lambda values: tuple([values[i] for i in positions])
 
 
-def _bound_order(buckets: dict[str, float]) -> tuple[list[str], Callable[[list], Sequence]]:
+_GATHER: dict[tuple, tuple[list, Callable[[Sequence], tuple]]] = {}
+
+
+def _bound_order(buckets: dict[str, float]) -> tuple[list[str], Callable[[Sequence], tuple]]:
     """keys_by_bound(buckets), and a function taking the values of a dict of that key layout
     (in its order) to bound order; remembered per layout."""
     keys = tuple(buckets)
     found = _GATHER.get(keys)
     if found is None:
         ordered = keys_by_bound(buckets)
-        positions = [keys.index(k) for k in ordered]
-        gather: Callable[[list], Sequence]
-        if len(positions) > 1:
-            gather = itemgetter(*positions)
-        else:  # itemgetter of one position gives the value itself, of none is an error
-            gather = lambda values: [values[i] for i in positions]  # noqa: E731
-        found = (ordered, gather)
+        found = (ordered, picker([keys.index(k) for k in ordered]))
         if len(_GATHER) >= 10_000:
             _GATHER.clear()
         _GATHER[keys] = found

@@ -30,15 +30,15 @@ from __future__ import annotations
 import math
 from itertools import chain
 from operator import itemgetter, sub
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
 from contracts.codec import float_from_json, float_to_json
 from contracts.records import ScrapeRecord
 from contracts.records_fast import DecodedScrape, ScrapeShape
-from streams.aggregators import (CounterIncrease, GaugeStats, HistogramDeltas, les_json, les_keys, slo_entry,
-                                 sum_buckets)
+from streams.aggregators import (CounterIncrease, GaugeStats, HistogramDeltas, les_json, les_keys, picker,
+                                 slo_entry, sum_buckets)
 from streams.config import StreamSettings
 from streams.deltas import MICROSECONDS, HistogramSnapshot, to_seconds
 from streams.quantiles import parse_le
@@ -236,14 +236,6 @@ def _plan_hists(plan: _Plan, values: list) -> dict[str, HistogramSnapshot]:
     return hists
 
 
-def _picker(indices: list) -> Callable[[list], tuple]:
-    """values -> (values[i] for i in indices), as a tuple (itemgetter, which gives a single
-    item for a single index)."""
-    if len(indices) > 1:
-        return itemgetter(*indices)
-    return lambda values: tuple([values[i] for i in indices])
-
-
 class _HistPlan:
     """A plan's histograms, their buckets as one list (each series' sorted by bound)."""
 
@@ -254,7 +246,7 @@ class _HistPlan:
         self.series = [e[0] for e in entries]
         self.les_json = [e[1] for e in entries]
         self.keys = [e[2] for e in entries]
-        self.buckets_of = _picker([i for e in entries for i in e[3]])  # values -> all series' bucket counts
+        self.buckets_of = picker([i for e in entries for i in e[3]])  # values -> all series' bucket counts
         self.parts = []  # slice of each series' buckets in buckets_of(values)
         self.entries = []  # (series, bounds as JSON, keys, index of the +Inf bucket, count index, sum index, part)
         start = 0
