@@ -391,16 +391,18 @@ def bucket_quantiles(qs: Iterable[float], buckets: dict[str, float]) -> list[flo
     """``histogram_quantiles(qs, bound_pairs(buckets))``: for a layout of distinct bounds up to
     +Inf and ordinary counts, straight from the counts in bound order (quantiles.plain_quantiles)."""
     qs = tuple(qs)
-    layout = _plain_layout(tuple(buckets))
-    if layout is not None:
-        bounds, order = layout
-        counts = list(buckets.values())
-        if order is not None:
-            counts = [counts[i] for i in order]
-        values = plain_quantiles(qs, bounds, counts)
-        if values is not None:
-            return values
-    return histogram_quantiles(qs, bound_pairs(buckets))
+    values = _plain_quantiles(qs, tuple(buckets), list(buckets.values()))
+    return histogram_quantiles(qs, bound_pairs(buckets)) if values is None else values
+
+
+def _plain_quantiles(qs: tuple, keys: tuple, counts: list[float]) -> list[float] | None:
+    """quantiles.plain_quantiles of counts under `le` keys (taken to bound order), None when the
+    layout or the counts are not plain."""
+    layout = _plain_layout(keys)
+    if layout is None:
+        return None
+    bounds, order = layout
+    return plain_quantiles(qs, bounds, counts if order is None else [counts[i] for i in order])
 
 
 def pooled_quantile(q: float, windows: Iterable[Mapping[str, float]]) -> float:
@@ -410,12 +412,9 @@ def pooled_quantile(q: float, windows: Iterable[Mapping[str, float]]) -> float:
     summed = _column_sums([w for w in windows if w])
     if summed is not None:
         keys, sums = summed
-        layout = _plain_layout(tuple(keys))
-        if layout is not None:
-            bounds, order = layout
-            values = plain_quantiles((q,), bounds, sums if order is None else [sums[i] for i in order])
-            if values is not None:
-                return values[0]
+        values = _plain_quantiles((q,), tuple(keys), sums)
+        if values is not None:
+            return values[0]
     return bucket_quantiles((q,), sum_buckets(windows))[0]
 
 
